@@ -1,0 +1,335 @@
+"""LlamaGen GPT (Sun et al. 2024, arXiv 2406.06525): a Llama-style decoder over VQ codes in raster order.
+
+Key names and numerics follow the official ``autoregressive/models/gpt.py`` so official checkpoints load
+strictly and give the official logits: pre-norm blocks with RMSNorm (float32 normalisation, cast, then
+weight), fused ``wqkv``, SwiGLU FFN, LlamaGen's 2D RoPE whose condition rows are zero, class token
+(c2i) or projected caption tokens (t2i) as the prefix, float32 logits.
+
+Shapes: tokens (B, N) with N = block_size (= grid^2), classes (B,), logits (B, N, vocab).
+
+    model = LlamaGen(LlamaGenConfig.preset("GPT-B"))
+    logits = model(tokens, classes)            # teacher forcing: logits[:, i] predicts tokens[:, i]
+    cache = model.new_cache(batch_size=2)
+    next_logits = model.prefill(classes, cache)  # (B, V): predicts token 0
+    logits = model.decode(tokens[:, :1], cache)  # (B, 1, V): appends to the cache
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from argen.errors import ConfigError
+from argen.modeling import Pretrained, register
+from argen.nn import KVCache, RMSNorm, SwiGLU, apply_rope, attention, llama_ffn_hidden, rope_2d_table
+
+# Released class-to-image configurations (official GPT_models); 3B uses head_dim 100.
+PRESETS: dict[str, dict[str, int]] = {
+    "GPT-B": dict(n_layer=12, n_head=12, dim=768),
+    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),
+    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),
+    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),
+    "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
+}
+
+
+@dataclass
+class LlamaGenConfig:
+    """The official ``ModelArgs`` (same names and defaults)."""
+
+    dim: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+    num_classes: int = 1000
+    caption_dim: int = 2048
+    class_dropout_prob: float = 0.1
+    model_type: str = "c2i"
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("c2i", "t2i"):
+            raise ConfigError(f"model_type must be 'c2i' or 't2i', got {self.model_type!r}")
+        if self.dim % self.n_head:
+            raise ConfigError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ConfigError(f"n_head {self.n_head} is not a multiple of n_kv_head {kv}")
+        if (self.dim // self.n_head) % 4:
+            raise ConfigError(f"head_dim {self.dim // self.n_head} must be a multiple of 4 for 2D RoPE")
+        g = math.isqrt(self.block_size)
+        if g * g != self.block_size:
+            raise ConfigError(f"block_size {self.block_size} is not a square number of tokens")
+        if self.model_type == "c2i" and self.cls_token_num != 1:
+            raise ConfigError("class-to-image LlamaGen uses exactly one class token (cls_token_num=1)")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "LlamaGenConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown LlamaGen preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        return math.isqrt(self.block_size)
+
+
+class LabelEmbedding(nn.Module):
+    """Class table with one extra row (index num_classes) for the CFG null class when dropout > 0."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels).unsqueeze(1)  # (B, 1, dim)
+
+
+class CaptionMLP(nn.Module):
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, dim, bias=False)
+        self.fc2 = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class CaptionEmbedding(nn.Module):
+    """t2i prefix: caption features (B, T, caption_dim) -> (B, T, dim); the null caption is a buffer."""
+
+    def __init__(self, caption_dim: int, dim: int, n_tokens: int, dropout_prob: float) -> None:
+        super().__init__()
+        self.dropout_prob = dropout_prob
+        self.cap_proj = CaptionMLP(caption_dim, dim)
+        self.register_buffer("uncond_embedding", torch.randn(n_tokens, caption_dim) / caption_dim**0.5)
+
+    def forward(self, caption: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(caption.shape[0], device=caption.device) < self.dropout_prob
+            caption = torch.where(drop[:, None, None], self.uncond_embedding, caption)
+        return self.cap_proj(caption)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaGenConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int, window) -> torch.Tensor:
+        b, t, _ = x.shape
+        hd = self.head_dim
+        q, k, v = self.wqkv(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
+        q = apply_rope(q.view(b, t, self.n_head, hd), rope).transpose(1, 2)
+        k = apply_rope(k.view(b, t, self.n_kv_head, hd), rope).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_head, hd).transpose(1, 2)
+        if cache is None:
+            out = attention(q, k, v, causal=True, dropout_p=self.attn_dropout_p if self.training else 0.0)
+        else:
+            k, v = cache.update(layer, k, v, window)
+            out = attention(q, k, v, mask=window.mask, causal=window.causal)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, -1)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: LlamaGenConfig, drop_path: float) -> None:
+        super().__init__()
+        self.attention = Attention(cfg)
+        hidden = llama_ffn_hidden(cfg.dim, cfg.multiple_of, cfg.ffn_dim_multiplier)
+        self.feed_forward = SwiGLU(cfg.dim, hidden, cfg.ffn_dropout_p)
+        self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.drop_path = drop_path
+
+    def _dp(self, x: torch.Tensor) -> torch.Tensor:
+        """Stochastic depth (training only): drop the residual branch per sample."""
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.drop_path
+        return x * keep / (1 - self.drop_path)
+
+    def forward(self, x, rope, cache=None, layer=0, window=None):
+        h = x + self._dp(self.attention(self.attention_norm(x), rope, cache, layer, window))
+        return h + self._dp(self.feed_forward(self.ffn_norm(h)))
+
+
+@register("llamagen")
+class LlamaGen(Pretrained):
+    """Token-wise generator: teacher-forced ``forward``; ``prefill`` / ``decode`` for the samplers."""
+
+    config_class = LlamaGenConfig
+    kind = "token"
+
+    def __init__(self, config: LlamaGenConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
+        if c.model_type == "c2i":
+            self.cls_embedding = LabelEmbedding(c.num_classes, c.dim, c.class_dropout_prob)
+        else:
+            self.cls_embedding = CaptionEmbedding(c.caption_dim, c.dim, c.cls_token_num, c.class_dropout_prob)
+        self.tok_dropout = nn.Dropout(c.token_dropout_p)
+        rates = torch.linspace(0, c.drop_path_rate, c.n_layer).tolist()
+        self.layers = nn.ModuleList(TransformerBlock(c, r) for r in rates)
+        self.norm = RMSNorm(c.dim, eps=c.norm_eps)
+        self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        c = self.config
+        device = self.tok_embeddings.weight.device
+        with torch.device("cpu"):  # tables are built on the CPU even inside a meta-device context
+            table = rope_2d_table(c.grid_size, c.head_dim, c.rope_base, n_prefix=c.cls_token_num)
+        self.register_buffer("rope", table.to("cpu" if device.type == "meta" else device), persistent=False)
+
+    def init_weights(self) -> None:
+        """Official initialisation: N(0, 0.02) for Linear/Embedding weights, zero output layer."""
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.output.weight)
+
+    # -- protocol attributes -------------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        return self.config.block_size
+
+    @property
+    def prefix_len(self) -> int:
+        return self.config.cls_token_num
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        g = self.config.grid_size
+        return (g, g)
+
+    def null_condition(self, batch_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The unconditional input for CFG: class ``num_classes`` (c2i) or the null caption (t2i)."""
+        dev = self.tok_embeddings.weight.device
+        if self.config.model_type == "c2i":
+            if self.config.class_dropout_prob <= 0:
+                raise ConfigError("this model was built without a null class (class_dropout_prob=0): no CFG")
+            return torch.full((batch_size,), self.config.num_classes, dtype=torch.long, device=dev)
+        null = self.cls_embedding.uncond_embedding
+        return null.unsqueeze(0).expand(batch_size, -1, -1)
+
+    def check_condition(self, cond: torch.Tensor, allow_null: bool = False) -> torch.Tensor:
+        """Validate classes (c2i: integer ids in range) or caption features (t2i)."""
+        c = self.config
+        if c.model_type == "c2i":
+            cond = torch.as_tensor(cond, device=self.tok_embeddings.weight.device)
+            if cond.dim() != 1 or cond.is_floating_point():
+                raise ConfigError(f"classes must be a 1-D list of integer ids, got shape {tuple(cond.shape)}")
+            hi = c.num_classes + int(allow_null and c.class_dropout_prob > 0)
+            bad = [int(x) for x in cond.tolist() if not 0 <= x < hi]
+            if bad:
+                raise ConfigError(f"class id(s) {bad} out of range: this model has classes 0..{c.num_classes - 1}")
+            return cond.long()
+        if cond.dim() != 3 or cond.shape[1:] != (c.cls_token_num, c.caption_dim):
+            raise ConfigError(
+                f"t2i condition must be caption features (B, {c.cls_token_num}, {c.caption_dim}), "
+                f"got {tuple(cond.shape)}"
+            )
+        return cond
+
+    # -- forward passes --------------------------------------------------------------------------
+    def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        emb = self.cls_embedding(cond)
+        return emb.to(self.tok_embeddings.weight.dtype)
+
+    def _run(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, window=None) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, cache, i, window)
+        return self.norm(h)
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, *, include_last: bool = False) -> torch.Tensor:
+        """Teacher forcing: logits (B, N, V), ``logits[:, i]`` predicts ``tokens[:, i]`` given the
+        condition and tokens < i. ``include_last`` also feeds the last token (N + 1 rows)."""
+        inp = tokens if include_last else tokens[:, :-1]
+        prefix = self.embed_condition(cond)
+        h = self.tok_dropout(torch.cat([prefix, self.tok_embeddings(inp)], dim=1))
+        t = h.shape[1]
+        if t > self.rope.shape[0]:
+            raise ConfigError(f"sequence of {t} positions exceeds the model's {self.rope.shape[0]}")
+        h = self._run(h, self.rope[:t].unsqueeze(0))
+        return self.output(h[:, self.prefix_len - 1 :]).float()
+
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """A KV cache for ``batch_size`` rows (CFG doubles it) holding prefix + all image tokens."""
+        c = self.config
+        w = self.tok_embeddings.weight
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.n_kv_head or c.n_head,
+            max_len or (c.cls_token_num + c.block_size),
+            c.head_dim,
+            dtype=dtype or w.dtype,
+            device=w.device,
+        )
+
+    def _rope_for(self, window) -> torch.Tensor:
+        if window.start is not None:
+            return self.rope[window.start : window.start + window.width].unsqueeze(0)
+        return self.rope[window.positions]
+
+    def prefill(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Write the condition prefix into an empty cache; return logits (B, V) for token 0."""
+        h = self.embed_condition(cond)
+        window = cache.prepare(h.shape[1])
+        h = self._run(h, self._rope_for(window), cache, window)
+        cache.advance(window)
+        return self.output(h[:, -1]).float()
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append tokens (B, W) after each row's cached length; return logits (B, W, V) where row j
+        predicts the token after ``tokens[:, j]``."""
+        h = self.tok_embeddings(tokens)
+        window = cache.prepare(tokens.shape[1])
+        h = self._run(h, self._rope_for(window), cache, window)
+        cache.advance(window)
+        return self.output(h).float()
+

@@ -1,0 +1,60 @@
+"""Plain autoregressive sampling with a static KV cache (one token per forward pass).
+
+Matches the official LlamaGen ``generate()`` token for token (greedy, and sampled with the same RNG
+stream), but reads only the filled part of the cache, and drops the unconditional half of the CFG
+batch as soon as guidance has ended (``cfg_interval``), which the official loop keeps computing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from argen.samplers.logits import SamplingOptions, draw, split_guided
+from argen.samplers.stats import SamplerStats
+
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+def sample_ar(
+    model,
+    cond: torch.Tensor,
+    opts: SamplingOptions,
+    rng: torch.Generator | None,
+    *,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    callback_every: int = 16,
+) -> tuple[torch.Tensor, SamplerStats]:
+    """Sample ``model.seq_len`` tokens per condition. ``callback(n_done, codes)`` is called every
+    ``callback_every`` tokens with the codes so far (for live previews)."""
+    start = time.perf_counter()
+    b, n = cond.shape[0], model.seq_len
+    guided = opts.guided
+    inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
+    cache = model.new_cache(inp.shape[0])
+    codes = torch.empty(b, n, dtype=torch.long, device=cache.lengths.device)
+    stats = SamplerStats("ar", b, n, guided_rows=inp.shape[0])
+
+    logits = model.prefill(inp, cache)
+    stats.forward_passes = 1
+    for i in tqdm(range(n), disable=not progress, desc="sampling", unit="tok", leave=False):
+        if i > 0:
+            x = codes[:, i - 1 : i]
+            logits = model.decode(torch.cat([x, x]) if guided else x, cache)[:, -1]
+            stats.forward_passes += 1
+        if guided:
+            scale = opts.scale_at(i, n)
+            logits = split_guided(logits, scale)
+            if scale is None and opts.cfg_interval > -1:
+                # guidance is over for good: keep only the conditional rows from now on
+                cache.select(torch.arange(b, device=codes.device))
+                guided = False
+        codes[:, i] = draw(logits, opts, rng)
+        if callback is not None and ((i + 1) % callback_every == 0 or i + 1 == n):
+            callback(i + 1, codes[:, : i + 1])
+    stats.wall_time_s = time.perf_counter() - start
+    stats.accepted_history = [1.0] * stats.forward_passes
+    return codes, stats

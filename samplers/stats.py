@@ -1,0 +1,32 @@
+"""What every sampler reports, so each speed claim can be checked."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SamplerStats:
+    sampler: str
+    batch_size: int  # samples generated (without the CFG doubling)
+    tokens_per_sample: int
+    forward_passes: int = 0  # model forward passes (a CFG pair counts once: it is one batched pass)
+    wall_time_s: float = 0.0
+    seed: int | None = None
+    guided_rows: int = 0  # rows per pass including the CFG half at the start
+    accepted_history: list[float] = field(default_factory=list)  # mean tokens accepted per pass
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """Mean tokens accepted per forward pass per sample (1.0 for plain AR)."""
+        return self.tokens_per_sample / max(self.forward_passes, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.batch_size * self.tokens_per_sample / max(self.wall_time_s, 1e-9)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("accepted_history")
+        d["tokens_per_pass"] = self.tokens_per_pass
+        d["tokens_per_second"] = self.tokens_per_second
+        return d
