@@ -14,15 +14,25 @@ class SamplerStats:
     seed: int | None = None
     guided_rows: int = 0  # rows per pass including the CFG half at the start
     accepted_history: list[float] = field(default_factory=list)  # mean tokens accepted per pass
+    batches: int = 1  # sequential sampler calls merged into these stats
 
     @property
     def tokens_per_pass(self) -> float:
         """Mean tokens accepted per forward pass per sample (1.0 for plain AR)."""
-        return self.tokens_per_sample / max(self.forward_passes, 1)
+        return self.tokens_per_sample * self.batches / max(self.forward_passes, 1)
 
     @property
     def tokens_per_second(self) -> float:
         return self.batch_size * self.tokens_per_sample / max(self.wall_time_s, 1e-9)
+
+    def merge(self, other: "SamplerStats") -> "SamplerStats":
+        """Fold the stats of a following batch (same sampler, same token count) into these."""
+        self.batch_size += other.batch_size
+        self.forward_passes += other.forward_passes
+        self.wall_time_s += other.wall_time_s
+        self.accepted_history += other.accepted_history
+        self.batches += other.batches
+        return self
 
     def as_dict(self) -> dict:
         d = asdict(self)

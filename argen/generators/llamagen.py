@@ -199,7 +199,7 @@ class LlamaGen(Pretrained):
         else:
             self.cls_embedding = CaptionEmbedding(c.caption_dim, c.dim, c.cls_token_num, c.class_dropout_prob)
         self.tok_dropout = nn.Dropout(c.token_dropout_p)
-        rates = torch.linspace(0, c.drop_path_rate, c.n_layer).tolist()
+        rates = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
         self.layers = nn.ModuleList(TransformerBlock(c, r) for r in rates)
         self.norm = RMSNorm(c.dim, eps=c.norm_eps)
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)

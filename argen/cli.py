@@ -1,0 +1,208 @@
+"""The ``argen`` command line: generate, models, convert.
+
+Bad input prints one line (``argen: error: ...``) and exits with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from argen.errors import ArgenError, ConfigError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i.py labels
+
+
+def _dtype(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def _kv(items: Sequence[str] | None) -> dict[str, Any]:
+    """Parse repeated ``key=value`` flags; values are JSON when they parse as JSON, else strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _json_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a JSON object")
+    return data
+
+
+# -- generate --------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    import argen
+    from argen.images import make_grid
+
+    if args.model is None:
+        raise ConfigError("no bundled default model yet: pass --model NAME_OR_DIR (see `argen models`)")
+    pipe = argen.load(args.model, device=args.device, dtype=_dtype(args.dtype), checkpoint_dir=args.checkpoint_dir)
+    classes = args.classes
+    if not classes:
+        n = pipe.generator.num_classes
+        classes = IMAGENET_DEMO_CLASSES if n == 1000 else list(range(min(n, 8)))
+    if args.per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
+    ids = [c for c in pipe.resolve_classes(classes) for _ in range(args.per_class)]
+    opts = {
+        k: v
+        for k, v in dict(
+            cfg_scale=args.cfg,
+            cfg_interval=args.cfg_interval,
+            cfg_schedule=args.cfg_schedule,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            temperature=args.temperature,
+        ).items()
+        if v is not None
+    }
+    if args.greedy:
+        opts["greedy"] = True
+    opts.update(_kv(args.option))
+    images = pipe.generate(
+        ids, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet, **opts
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, ncols=args.ncols or (args.per_class if args.per_class > 1 else None)).save(out)
+    if args.save_images:
+        folder = Path(args.save_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (c, im) in enumerate(zip(ids, images)):
+            im.save(folder / f"{i:04d}_class{c}.png")
+    report = {"grid": str(out), "images": len(images), "classes": ids, **pipe.last_stats.as_dict()}
+    print(json.dumps(report))
+    return 0
+
+
+# -- models ----------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from argen.zoo import TOKENIZERS, list_models
+
+    entries = list_models()
+    if args.json:
+        print(json.dumps([{"name": e.name, "family": e.family, "params": e.params, "image_size": e.image_size,
+                           "repo": e.repo_id, "files": e.files, "description": e.description} for e in entries], indent=2))
+        return 0
+    print(f"{'name':24} {'family':10} {'params':>6} {'res':>4}  source / description")
+    for e in entries:
+        print(f"{e.name:24} {e.family:10} {e.params:>6} {e.image_size:>4}  {e.repo_id}: {', '.join(e.files.values())}")
+        print(f"{'':48}{e.description}")
+    for e in TOKENIZERS.values():
+        print(f"{e.name:24} {'tokenizer':10} {e.params:>6} {e.image_size:>4}  {e.repo_id}: {', '.join(e.files.values())}")
+    return 0
+
+
+# -- convert ---------------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    from argen.convert.llamagen import load_gpt, load_vq
+    from argen.pipeline import ARPipeline
+
+    gpt_args = {**_json_file(args.gpt_config), **_kv(args.gpt_arg)}
+    vq_args = {**_json_file(args.vq_config), **_kv(args.vq_arg)}
+    if args.image_size and "block_size" not in gpt_args:
+        ds = 2 ** (len(vq_args.get("encoder_ch_mult", [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
+        gpt_args["block_size"] = (args.image_size // ds) ** 2
+    preset = args.gpt_model if not gpt_args.get("dim") else None
+    gen = load_gpt(args.gpt_ckpt, preset, ema=args.ema, **gpt_args)
+    tok = load_vq(args.vq_ckpt, args.vq_model if not vq_args else None, **vq_args)
+    defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
+    pipe = ARPipeline(gen, tok, defaults=defaults, name=Path(args.out).name)
+    pipe.save_pretrained(args.out)
+    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": gen.config.__dict__}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="argen", description="Autoregressive image generation toolkit.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images (writes a grid PNG)")
+    g.add_argument("--model", "-m", help="zoo name (see `argen models`) or a pretrained folder")
+    g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
+    g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sampler", default="ar")
+    g.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--cfg-interval", type=int)
+    g.add_argument("--cfg-schedule", choices=["constant", "linear"])
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--greedy", action="store_true")
+    g.add_argument("--option", "-o", action="append", help="sampler option key=value (repeatable)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--out", default="argen_samples.png", help="grid PNG path")
+    g.add_argument("--save-images", metavar="DIR", help="also write each image as a PNG")
+    g.add_argument("--ncols", type=int)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", help="float32 (default), bfloat16, float16")
+    g.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="list the model zoo")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    c = sub.add_parser("convert", help="convert official checkpoints into an argen pretrained folder")
+    csub = c.add_subparsers(dest="family", required=True)
+    lg = csub.add_parser("llamagen", help="LlamaGen GPT + VQ")
+    lg.add_argument("--gpt-ckpt", required=True)
+    lg.add_argument("--vq-ckpt", required=True)
+    lg.add_argument("--gpt-model", default="GPT-B", help="GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-3B")
+    lg.add_argument("--vq-model", default="VQ-16", help="VQ-16 or VQ-8")
+    lg.add_argument("--image-size", type=int, default=256, help="256 or 384 (sets block_size)")
+    lg.add_argument("--gpt-config", help="JSON file of official ModelArgs (for custom sizes)")
+    lg.add_argument("--gpt-arg", action="append", help="official ModelArgs key=value (repeatable)")
+    lg.add_argument("--vq-config", help="JSON file of official VQ args")
+    lg.add_argument("--vq-arg", action="append", help="VQ key=value (repeatable)")
+    lg.add_argument("--ema", action="store_true", help="use the EMA weights when the file has them")
+    lg.add_argument("--cfg", type=float, default=4.0, help="default guidance written to the model")
+    lg.add_argument("--top-k", type=int, default=2000, help="default top-k written to the model")
+    lg.add_argument("--out", required=True)
+    lg.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ArgenError as exc:
+        print(f"argen: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"argen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("argen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""ARPipeline: tokenizer + generator + sampler -> PIL images.
+
+    pipe = argen.load("llamagen-gpt-b")            # or a folder written by save_pretrained
+    images = pipe.generate(classes=[207, 360], seed=0, cfg_scale=4.0, top_k=2000)
+    pipe.last_stats.as_dict()                      # forward passes, tokens/s, seed, ...
+    pipe.save_pretrained("my-model")               # config.json + safetensors per component
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from argen import __version__
+from argen.errors import CheckpointError, ConfigError
+from argen.images import to_pil
+from argen.modeling import Pretrained
+
+INDEX_NAME = "model_index.json"
+
+
+class ARPipeline:
+    """Everything needed to turn conditions into images with one model."""
+
+    def __init__(
+        self,
+        generator: Pretrained,
+        tokenizer: Pretrained,
+        *,
+        image_size: int | None = None,
+        defaults: dict[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.generator = generator.eval()
+        self.tokenizer = tokenizer.eval()
+        grid = getattr(generator, "token_grid", None)
+        self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else None)
+        if grid and self.image_size and tokenizer.latent_grid(self.image_size) != tuple(grid):
+            raise ConfigError(
+                f"tokenizer grid {tokenizer.latent_grid(self.image_size)} at {self.image_size}px does not "
+                f"match the generator's token grid {tuple(grid)}"
+            )
+        self.defaults = dict(defaults or {})
+        self.class_names = list(class_names) if class_names is not None else None
+        self.name = name
+        self.last_stats = None
+
+    # -- devices -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ARPipeline":
+        """Move both models; ``dtype`` applies to the generator (the tokenizer stays float32 on CPU)."""
+        self.generator.to(device=device, dtype=dtype)
+        tok_dtype = dtype if dtype is not None and torch.device(device or self.device).type == "cuda" else None
+        self.tokenizer.to(device=device, dtype=tok_dtype)
+        return self
+
+    # -- generation --------------------------------------------------------------------------
+    def resolve_classes(self, classes: Sequence[int | str] | int | str) -> list[int]:
+        """Class ids from ids or (where the model has them) class names."""
+        if isinstance(classes, (int, str)):
+            classes = [classes]
+        out = []
+        for c in classes:
+            if isinstance(c, str) and not c.lstrip("-").isdigit():
+                if not self.class_names or c not in self.class_names:
+                    known = f"; known names: {', '.join(self.class_names)}" if self.class_names else ""
+                    raise ConfigError(f"unknown class name {c!r}{known}")
+                out.append(self.class_names.index(c))
+            else:
+                out.append(int(c))
+        return out
+
+    def generate(
+        self,
+        classes: Sequence[int | str] | int | str,
+        *,
+        seed: int | None = None,
+        sampler: str = "ar",
+        batch_size: int | None = None,
+        output_type: str = "pil",
+        progress: bool = False,
+        **options: Any,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Generate one image per entry of ``classes``. Sampling options (cfg_scale, cfg_interval,
+        temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card.
+        ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'."""
+        from argen import samplers
+
+        if output_type not in ("pil", "pt", "codes"):
+            raise ConfigError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
+        ids = self.resolve_classes(classes)
+        opts = {**self.defaults, **options}
+        batch_size = batch_size or len(ids) or 1
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        rng, used_seed = samplers.make_rng(seed, self.device)
+        codes, stats = [], None
+        for i in range(0, len(ids), batch_size):
+            c, s = samplers.sample(
+                self.generator, ids[i : i + batch_size], sampler=sampler, generator=rng, progress=progress, **opts
+            )
+            codes.append(c)
+            stats = s if stats is None else stats.merge(s)
+        if not codes:
+            raise ConfigError("no classes given: nothing to generate")
+        stats.seed = used_seed
+        self.last_stats = stats
+        all_codes = torch.cat(codes)
+        if output_type == "codes":
+            return all_codes
+        images = self.decode(all_codes)
+        return images if output_type == "pt" else to_pil(images)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped)."""
+        grid = tuple(self.generator.token_grid)
+        dtype = next(self.tokenizer.parameters()).dtype
+        outs = [
+            self.tokenizer.decode(codes[i : i + batch_size].view(-1, *grid).to(self.tokenizer_device), grid)
+            for i in range(0, codes.shape[0], batch_size)
+        ]
+        return torch.cat(outs).to(dtype).clamp(-1, 1)
+
+    @property
+    def tokenizer_device(self) -> torch.device:
+        return next(self.tokenizer.parameters()).device
+
+    # -- save / load -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.generator.save_pretrained(directory / "generator")
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        index = {
+            "_argen_version": __version__,
+            "name": self.name,
+            "generator": "generator",
+            "tokenizer": "tokenizer",
+            "image_size": self.image_size,
+            "defaults": self.defaults,
+            "class_names": self.class_names,
+        }
+        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> "ARPipeline":
+        directory = Path(directory)
+        path = directory / INDEX_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{directory} is not an argen pretrained folder (no {INDEX_NAME})")
+        try:
+            index = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        gen = Pretrained.from_pretrained(directory / index.get("generator", "generator"), device=device, dtype=dtype)
+        tok = Pretrained.from_pretrained(directory / index.get("tokenizer", "tokenizer"), device=device)
+        return cls(
+            gen,
+            tok,
+            image_size=index.get("image_size"),
+            defaults=index.get("defaults"),
+            class_names=index.get("class_names"),
+            name=index.get("name") or directory.name,
+        )
+

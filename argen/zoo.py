@@ -1,0 +1,124 @@
+"""Named models: official releases (hub repository + file names + converter) and, later, the
+bundled defaults under ``assets/``. ``argen.load(name_or_dir)`` is the one way in.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from argen.errors import UnknownModelError
+from argen.hub import resolve_file
+from argen.pipeline import INDEX_NAME, ARPipeline
+
+LLAMAGEN_REPO = "FoundationVision/LlamaGen"
+# official demo defaults (sample_c2i.py); the FID protocol uses cfg 2.0 (B, L), 1.75 (XL, XXL), 1.65 (3B), top_k 0
+LLAMAGEN_DEMO = {"cfg_scale": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    family: str
+    description: str
+    image_size: int
+    repo_id: str
+    files: dict[str, str]  # component -> file name in the repository
+    generator_args: dict[str, Any] = field(default_factory=dict)
+    tokenizer_args: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    params: str = ""
+
+
+def _llamagen(size: str, preset: str, params: str, res: int, fid: str) -> ZooEntry:
+    suffix = "" if res == 256 else f"-{res}"
+    return ZooEntry(
+        name=f"llamagen-gpt-{size.lower()}{suffix}",
+        family="llamagen",
+        description=f"LlamaGen {preset} class-to-image, ImageNet {res}px, VQ-16 tokens (FID {fid})",
+        image_size=res,
+        repo_id=LLAMAGEN_REPO,
+        files={"generator": f"c2i_{size}_{res}.pt", "tokenizer": "vq_ds16_c2i.pt"},
+        generator_args={"preset": preset, "block_size": (res // 16) ** 2},
+        tokenizer_args={"preset": "VQ-16"},
+        defaults=dict(LLAMAGEN_DEMO),
+        params=params,
+    )
+
+
+OFFICIAL: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        _llamagen("B", "GPT-B", "111M", 256, "5.46"),
+        _llamagen("B", "GPT-B", "111M", 384, "6.09"),
+        _llamagen("L", "GPT-L", "343M", 256, "3.80"),
+        _llamagen("L", "GPT-L", "343M", 384, "3.07"),
+        _llamagen("XL", "GPT-XL", "775M", 384, "2.62"),
+        _llamagen("XXL", "GPT-XXL", "1.4B", 384, "2.34"),
+        _llamagen("3B", "GPT-3B", "3.1B", 384, "2.18"),
+    ]
+}
+# the tokenizer alone (for encode/decode), listed so users can fetch it by name
+TOKENIZERS: dict[str, ZooEntry] = {
+    "llamagen-vq16": ZooEntry(
+        name="llamagen-vq16",
+        family="llamagen-vq",
+        description="LlamaGen VQ-16 tokenizer (16384 codes, downsample 16; rFID 2.19 @256)",
+        image_size=256,
+        repo_id=LLAMAGEN_REPO,
+        files={"tokenizer": "vq_ds16_c2i.pt"},
+        tokenizer_args={"preset": "VQ-16"},
+        params="72M",
+    )
+}
+
+
+def _build_llamagen(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
+    from argen.convert.llamagen import load_gpt, load_vq
+
+    gen = load_gpt(paths["generator"], **entry.generator_args, device=device, dtype=dtype)
+    tok = load_vq(paths["tokenizer"], **entry.tokenizer_args, device=device)
+    return ARPipeline(gen, tok, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+
+
+BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen}
+
+
+def list_models() -> list[ZooEntry]:
+    """Every named model, in the order ``argen models`` shows them."""
+    return list(OFFICIAL.values())
+
+
+def known_names() -> list[str]:
+    return [e.name for e in list_models()]
+
+
+def load(
+    name_or_dir: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> ARPipeline:
+    """An :class:`ARPipeline` from a zoo name (official weights are downloaded when online, or taken
+    from ``checkpoint_dir``, and converted on the fly) or from a folder written by ``save_pretrained``."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return ARPipeline.from_pretrained(path, device=device, dtype=dtype)
+    name = str(name_or_dir)
+    entry = OFFICIAL.get(name)
+    if entry is None:
+        hint = f"; also not a folder with {INDEX_NAME}" if os.sep in name or name.startswith(".") else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}{hint}. Known models: {', '.join(known_names())} "
+            f"(or pass a folder written by save_pretrained / `argen convert`)"
+        )
+    paths = {
+        comp: resolve_file(entry.repo_id, fname, checkpoint_dir=checkpoint_dir, local_files_only=local_files_only)
+        for comp, fname in entry.files.items()
+    }
+    return BUILDERS[entry.family](entry, paths, device, dtype)
