@@ -35,6 +35,9 @@ def register(name: str):
 
 
 def component_class(name: str) -> type["Pretrained"]:
+    import argen.generators  # noqa: F401  (importing them registers every component class)
+    import argen.tokenizers  # noqa: F401
+
     if name not in _REGISTRY:
         raise CheckpointError(f"unknown component class {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -259,6 +259,8 @@ class LlamaGen(Pretrained):
         c = self.config
         if c.model_type == "c2i":
             cond = torch.as_tensor(cond, device=self.tok_embeddings.weight.device)
+            if cond.numel() == 0:
+                raise ConfigError("no classes given: nothing to generate")
             if cond.dim() != 1 or cond.is_floating_point():
                 raise ConfigError(f"classes must be a 1-D list of integer ids, got shape {tuple(cond.shape)}")
             hi = c.num_classes + int(allow_null and c.class_dropout_prob > 0)

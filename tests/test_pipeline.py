@@ -1,0 +1,107 @@
+"""The Python API: ARPipeline.generate, save/load round trip, argen.load for names and folders."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import argen
+from argen import zoo
+from argen.errors import CheckpointError, ConfigError, DownloadError, UnknownModelError
+
+from conftest import GPT_TINY_ARGS, VQ_TINY_ARGS
+
+
+def test_generate_returns_images_and_stats(tiny_pipe):
+    images = tiny_pipe.generate([1, 2, 3], seed=0)
+    assert len(images) == 3 and all(isinstance(im, Image.Image) for im in images)
+    assert images[0].size == (16, 16) and images[0].mode == "RGB"
+    st = tiny_pipe.last_stats
+    assert st.seed == 0 and st.batch_size == 3 and st.forward_passes == 16
+
+
+def test_same_seed_same_images_and_batching_is_deterministic(tiny_pipe):
+    a = tiny_pipe.generate([1, 2, 3, 4], seed=3, output_type="pt")
+    b = tiny_pipe.generate([1, 2, 3, 4], seed=3, output_type="pt")
+    c = tiny_pipe.generate([1, 2, 3, 4], seed=4, output_type="pt")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+    d = tiny_pipe.generate([1, 2, 3, 4], seed=3, batch_size=2, output_type="codes")
+    e = tiny_pipe.generate([1, 2, 3, 4], seed=3, batch_size=2, output_type="codes")
+    assert torch.equal(d, e) and tiny_pipe.last_stats.batches == 2 and tiny_pipe.last_stats.tokens_per_pass == 1.0
+
+
+def test_generation_equals_sampler_plus_decode(tiny_pipe, gpt_io):
+    codes = tiny_pipe.generate(gpt_io["labels"].tolist(), greedy=True, output_type="codes")
+    assert torch.equal(codes, gpt_io["gen_greedy_cfg4"].long())  # pipeline defaults: cfg 4
+    images = tiny_pipe.generate(gpt_io["labels"].tolist(), greedy=True, output_type="pt")
+    with torch.no_grad():
+        ref = tiny_pipe.tokenizer.decode(codes.view(2, 4, 4)).clamp(-1, 1)
+    torch.testing.assert_close(images, ref)
+
+
+def test_save_load_round_trip(tiny_pipe, tmp_path):
+    tiny_pipe.class_names = [f"c{i}" for i in range(10)]
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "generator" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "m" / "generator" / "config.json").read_text())["_class"] == "llamagen"
+    loaded = argen.load(tmp_path / "m")
+    assert loaded.defaults == tiny_pipe.defaults and loaded.image_size == 16
+    assert loaded.generator.config == tiny_pipe.generator.config
+    for (k, v), (k2, v2) in zip(tiny_pipe.generator.state_dict().items(), loaded.generator.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    a = tiny_pipe.generate(["c1", 2], seed=11, output_type="pt")
+    b = loaded.generate(["c1", "2"], seed=11, output_type="pt")
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="unknown class name 'dog'.*c0"):
+        loaded.generate(["dog"])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(UnknownModelError, match="unknown model 'llamagen-gpt-z'.*llamagen-gpt-b"):
+        argen.load("llamagen-gpt-z")
+    with pytest.raises(CheckpointError, match="not an argen pretrained folder"):
+        argen.load(tmp_path)
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        argen.load(tmp_path)
+
+
+def test_zoo_lists_the_released_models():
+    names = [e.name for e in argen.list_models()]
+    assert names[:2] == ["llamagen-gpt-b", "llamagen-gpt-b-384"]
+    assert {"llamagen-gpt-l", "llamagen-gpt-xl-384", "llamagen-gpt-xxl-384", "llamagen-gpt-3b-384"} <= set(names)
+    e = zoo.OFFICIAL["llamagen-gpt-xl-384"]
+    assert e.files == {"generator": "c2i_XL_384.pt", "tokenizer": "vq_ds16_c2i.pt"}
+    assert e.generator_args == {"preset": "GPT-XL", "block_size": 576} and e.repo_id == "FoundationVision/LlamaGen"
+
+
+@pytest.fixture()
+def tiny_entry(monkeypatch):
+    """A zoo entry with the official file layout but the tiny fixture's sizes."""
+    entry = zoo.ZooEntry(
+        name="llamagen-tiny-test",
+        family="llamagen",
+        description="test",
+        image_size=16,
+        repo_id="FoundationVision/LlamaGen",
+        files={"generator": "gpt.pt", "tokenizer": "vq.pt"},
+        generator_args=GPT_TINY_ARGS,
+        tokenizer_args=VQ_TINY_ARGS,
+        defaults={"cfg_scale": 4.0},
+    )
+    monkeypatch.setitem(zoo.OFFICIAL, entry.name, entry)
+    return entry
+
+
+def test_zoo_name_converts_official_files_on_the_fly(tiny_entry, official_ckpts, gpt_io):
+    pipe = argen.load(tiny_entry.name, checkpoint_dir=official_ckpts)
+    codes = pipe.generate(gpt_io["labels"].tolist(), greedy=True, output_type="codes")
+    assert torch.equal(codes, gpt_io["gen_greedy_cfg4"].long())
+
+
+def test_zoo_name_offline_without_files_says_so(tiny_entry, tmp_path):
+    with pytest.raises(DownloadError, match="cannot get gpt.pt from the hub repository FoundationVision/LlamaGen.*offline"):
+        argen.load(tiny_entry.name, local_files_only=True)
+    with pytest.raises(DownloadError, match="not in"):
+        argen.load(tiny_entry.name, checkpoint_dir=tmp_path, local_files_only=True)
