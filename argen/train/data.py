@@ -1,0 +1,25 @@
+"""The training set named on the command line: ``shapes`` or an image folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from argen.data import ImageFolderDataset, ShapesDataset
+from argen.errors import ConfigError
+
+
+def make_dataset(spec: str, resolution: int, *, split: str = "train", random_crop: bool = False):
+    """Returns (dataset, infinite, class_names)."""
+    if spec == "shapes":
+        ds = ShapesDataset(resolution=resolution, split=split)
+        return ds, True, list(ds.class_names)
+    if not Path(spec).exists():
+        raise ConfigError(f"--data must be 'shapes' or an existing image folder, got {spec!r}")
+    ds = ImageFolderDataset(spec, resolution, random_crop=random_crop, hflip=random_crop)
+    return ds, False, list(ds.class_names)
+
+
+def check_stride(resolution: int, downsample: int) -> None:
+    if resolution % downsample:
+        raise ConfigError(
+            f"resolution {resolution} is not divisible by the tokenizer's downsampling factor {downsample}"
+        )

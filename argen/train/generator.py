@@ -1,0 +1,140 @@
+"""Training a LlamaGen-style token generator on a trained tokenizer's codes: next-token cross-entropy,
+class dropout (the CFG null class), EMA of the weights. Result: an argen pretrained pipeline folder
+(generator = EMA weights, tokenizer, sampling defaults, class names) that ``argen.load`` takes."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from argen.errors import ConfigError
+from argen.generators.llamagen import LlamaGen, LlamaGenConfig
+from argen.images import make_grid
+from argen.modeling import Pretrained
+from argen.pipeline import ARPipeline
+from argen.tokenizers.vq import VQTokenizer
+from argen.train.data import check_stride, make_dataset
+from argen.train.loop import (
+    EMA,
+    TrainSettings,
+    load_checkpoint,
+    lr_at,
+    make_accelerator,
+    save_checkpoint,
+    settings_dict,
+    step_loader,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(dim=64, n_layer=2, n_head=4, multiple_of=32),
+    "small": dict(dim=256, n_layer=6, n_head=8, multiple_of=64),
+}
+
+
+def generator_config(preset: str, **overrides: Any) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(PRESETS)}")
+    return {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def train_generator(
+    settings: TrainSettings,
+    tokenizer_dir: str,
+    model_args: dict[str, Any],
+    *,
+    ema_decay: float = 0.999,
+    class_dropout: float = 0.1,
+    dropout: float = 0.1,
+    sample_defaults: dict[str, Any] | None = None,
+) -> Path:
+    """Train a generator on the codes of the (frozen) tokenizer in ``tokenizer_dir``; write the
+    pipeline folder to ``settings.out`` and return it."""
+    out = Path(settings.out)
+    tok = Pretrained.from_pretrained(tokenizer_dir)
+    if not isinstance(tok, VQTokenizer):
+        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ tokenizer")
+    check_stride(settings.resolution, tok.downsample)
+    acc = make_accelerator(settings)
+    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
+    h, w = tok.latent_grid(settings.resolution)
+    if h != w:
+        raise ConfigError("LlamaGen's 2D RoPE needs a square token grid")
+    cfg = LlamaGenConfig(
+        **model_args,
+        vocab_size=tok.codebook_size,
+        block_size=h * w,
+        num_classes=len(class_names),
+        class_dropout_prob=class_dropout,
+        token_dropout_p=dropout,
+        resid_dropout_p=dropout,
+        ffn_dropout_p=dropout,
+    )
+    model = LlamaGen(cfg)
+    model.init_weights()
+    ema = EMA(model, ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
+    meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
+            "tokenizer": str(Path(tokenizer_dir).resolve())}
+    start = load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta) if settings.resume else 0
+    ema.updates = start
+
+    tok = tok.to(acc.device).eval().requires_grad_(False)
+    model, opt = acc.prepare(model, opt)
+    loader = step_loader(dataset, settings, acc, start, infinite)
+    defaults = dict(sample_defaults or {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0})
+    bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="generator")
+    t0, logs = time.time(), {}
+    for step, (images, labels) in enumerate(loader, start=start):
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings)
+        with torch.no_grad():
+            codes = tok.encode(images.to(acc.device)).flatten(1)
+        with acc.autocast():
+            logits = model(codes, labels.to(acc.device))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if settings.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        ema.update(acc.unwrap_model(model))
+        logs = {"loss": loss.item()}
+        bar.update(1)
+        if step % settings.log_every == 0:
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        done = step + 1
+        if acc.is_main_process and (done % settings.sample_every == 0 or done == settings.steps):
+            pipe = _pipeline(acc.unwrap_model(model), ema, tok, settings, defaults, class_names, out.name)
+            images_out = pipe.generate(list(range(min(len(class_names), 10))) * 2, seed=0)
+            (out / "samples").mkdir(parents=True, exist_ok=True)
+            make_grid(images_out, ncols=min(len(class_names), 10)).save(out / "samples" / f"generator_{done:06d}.png")
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(out, done, {"generator": acc.unwrap_model(model), "ema": ema.shadow},
+                                {"generator": opt}, {**meta, "settings": settings_dict(settings)})
+    bar.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        pipe = _pipeline(acc.unwrap_model(model), ema, tok, settings, defaults, class_names, out.name)
+        pipe.save_pretrained(out)
+        (out / "train.json").write_text(json.dumps({
+            "kind": "generator", "steps": settings.steps, "final_losses": logs,
+            "train_time_s": round(time.time() - t0, 1), "settings": settings_dict(settings),
+            "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay,
+        }, indent=2))
+    return out
+
+
+def _pipeline(model, ema: EMA, tok, settings: TrainSettings, defaults, class_names, name) -> ARPipeline:
+    """A pipeline over a copy of the model carrying the EMA weights."""
+    gen = ema.copy_to(copy.deepcopy(model)).eval()
+    return ARPipeline(gen, tok, image_size=settings.resolution, defaults=defaults, class_names=class_names, name=name)

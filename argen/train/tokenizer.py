@@ -1,0 +1,189 @@
+"""Training a LlamaGen-style VQ tokenizer: reconstruction (MSE) + codebook + commitment losses,
+optionally a VGG feature (perceptual) loss from locally available weights and a PatchGAN hinge
+adversarial loss. Result: an argen tokenizer folder (config.json + model.safetensors)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from argen.errors import ConfigError
+from argen.images import make_grid, to_pil
+from argen.tokenizers.vq import VQConfig, VQTokenizer
+from argen.train.data import check_stride, make_dataset
+from argen.train.loop import (
+    TrainSettings,
+    load_checkpoint,
+    lr_at,
+    make_accelerator,
+    save_checkpoint,
+    settings_dict,
+    step_loader,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # downsample 4: for tests and quick experiments
+    "tiny": dict(ch=32, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2], num_res_blocks=1,
+                 z_channels=32, codebook_size=256, codebook_embed_dim=8),
+    # downsample 8 (64px -> 8x8 tokens): the bundled shapes tokenizer
+    "small": dict(ch=32, encoder_ch_mult=[1, 2, 4, 4], decoder_ch_mult=[1, 2, 4, 4], num_res_blocks=1,
+                  z_channels=64, codebook_size=512, codebook_embed_dim=8),
+}
+
+
+def tokenizer_config(preset: str, **overrides: Any) -> VQConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown tokenizer preset {preset!r}; known: {', '.join(PRESETS)}")
+    return VQConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: strided convs -> a map of real/fake logits."""
+
+    def __init__(self, ch: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = ch
+        for _ in range(layers - 1):
+            mods += [nn.Conv2d(c, c * 2, 4, 2, 1), nn.GroupNorm(32, c * 2), nn.LeakyReLU(0.2)]
+            c *= 2
+        mods.append(nn.Conv2d(c, 1, 3, 1, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class VGGPerceptual(nn.Module):
+    """Distance between normalised VGG16 features (relu1_2 .. relu4_3); weights from a local file
+    (a torchvision ``vgg16`` state dict), never downloaded."""
+
+    def __init__(self, weights: str) -> None:
+        super().__init__()
+        from torchvision.models import vgg16
+
+        from argen.convert.checkpoint import read_state_dict, unwrap
+
+        net = vgg16(weights=None)
+        net.load_state_dict(unwrap(read_state_dict(weights), source=weights))
+        self.slices = nn.ModuleList([net.features[:4], net.features[4:9], net.features[9:16], net.features[16:23]])
+        self.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, y])
+        h = ((h + 1) / 2 - self.mean) / self.std
+        loss = h.new_zeros(())
+        for s in self.slices:
+            h = s(h)
+            a, b = F.normalize(h, dim=1).chunk(2)
+            loss = loss + (a - b).pow(2).sum(1).mean()
+        return loss
+
+
+def train_tokenizer(
+    settings: TrainSettings,
+    config: VQConfig,
+    *,
+    perceptual_weights: str | None = None,
+    perceptual_weight: float = 1.0,
+    disc_weight: float = 0.0,
+    disc_start: int = 0,
+) -> Path:
+    """Train a VQ tokenizer; write the result to ``settings.out`` and return that folder."""
+    out = Path(settings.out)
+    check_stride(settings.resolution, config.downsample)
+    acc = make_accelerator(settings)
+    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
+    model = VQTokenizer(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
+    modules: dict[str, Any] = {"tokenizer": model}
+    optims: dict[str, Any] = {"tokenizer": opt}
+    disc = d_opt = None
+    if disc_weight > 0:
+        disc = PatchDiscriminator()
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=settings.lr, betas=(0.5, 0.9))
+        modules["discriminator"], optims["discriminator"] = disc, d_opt
+    perceptual = VGGPerceptual(perceptual_weights) if perceptual_weights else None
+    meta = {"kind": "tokenizer", "config": asdict(config), "resolution": settings.resolution, "data": settings.data}
+    start = load_checkpoint(out, modules, optims, meta) if settings.resume else 0
+
+    model, opt = acc.prepare(model, opt)
+    if disc is not None:
+        disc, d_opt = acc.prepare(disc, d_opt)
+    if perceptual is not None:
+        perceptual = perceptual.to(acc.device)
+    loader = step_loader(dataset, settings, acc, start, infinite)
+    held_out = torch.stack([make_dataset(settings.data, settings.resolution, split="test")[0][i][0] for i in range(8)]) \
+        if infinite else torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
+    bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="tokenizer")
+    t0, logs, step = time.time(), {}, start
+    for step, (images, _) in enumerate(loader, start=start):
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings)
+        images = images.to(acc.device)
+        with acc.autocast():
+            recon, q = model(images)
+            rec = F.mse_loss(recon.float(), images)
+            loss = rec + q["codebook"] + q["commit"]
+            logs = {"rec": rec.item(), "codebook": q["codebook"].item(), "commit": q["commit"].item()}
+            if perceptual is not None:
+                p = perceptual(recon.float(), images)
+                loss = loss + perceptual_weight * p
+                logs["perceptual"] = p.item()
+            if disc is not None and step >= disc_start:
+                g = -disc(recon).mean()
+                loss = loss + disc_weight * g
+                logs["gen_adv"] = g.item()
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if settings.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        if disc is not None and step >= disc_start:
+            with acc.autocast():
+                d = F.relu(1 - disc(images)).mean() + F.relu(1 + disc(recon.detach())).mean()
+            d_opt.zero_grad(set_to_none=True)
+            acc.backward(d)
+            d_opt.step()
+            logs["disc"] = d.item()
+        logs["loss"] = loss.item()
+        bar.update(1)
+        if step % settings.log_every == 0:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+        done = step + 1
+        if acc.is_main_process and (done % settings.sample_every == 0 or done == settings.steps):
+            _sample_grid(acc.unwrap_model(model), held_out.to(acc.device), out / "samples" / f"tokenizer_{done:06d}.png")
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                mods = {k: acc.unwrap_model(v) for k, v in {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}.items()}
+                save_checkpoint(out, done, mods, optims, {**meta, "settings": settings_dict(settings)})
+    bar.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        final = acc.unwrap_model(model).eval()
+        final.save_pretrained(out)
+        (out / "train.json").write_text(json.dumps({
+            "kind": "tokenizer", "steps": settings.steps, "final_losses": logs,
+            "train_time_s": round(time.time() - t0, 1), "settings": settings_dict(settings),
+            "class_names": class_names,
+        }, indent=2))
+    return out
+
+
+@torch.no_grad()
+def _sample_grid(model: VQTokenizer, images: torch.Tensor, path: Path) -> None:
+    model.eval()
+    recon = model.decode(model.encode(images)).clamp(-1, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(to_pil(torch.cat([images, recon])), ncols=images.shape[0]).save(path)
