@@ -136,6 +136,65 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train -----------------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace):
+    from argen.train import TrainSettings
+
+    return TrainSettings(
+        out=args.out, data=args.data, resolution=args.resolution, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
+        mixed_precision=args.mixed_precision, sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every, num_workers=args.num_workers, resume=args.resume,
+        progress=not args.quiet,
+    )
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from argen.train import train_tokenizer
+    from argen.train.tokenizer import tokenizer_config
+
+    cfg = tokenizer_config(args.preset, ch=args.ch, codebook_size=args.codebook_size,
+                           codebook_embed_dim=args.codebook_dim, z_channels=args.z_channels,
+                           num_res_blocks=args.num_res_blocks,
+                           encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult)
+    out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
+                          perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
+                          disc_start=args.disc_start)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from argen.train import train_generator
+    from argen.train.generator import generator_config
+
+    model_args = generator_config(args.preset, dim=args.dim, n_layer=args.depth, n_head=args.heads)
+    defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
+    out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
+                          class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+    p.add_argument("--data", default="shapes", help="'shapes' or an image folder (one sub-folder per class)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, samples, the result)")
+    p.add_argument("--preset", default="tiny", help="tiny or small")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch, help="per process")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="argen", description="Autoregressive image generation toolkit.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -163,6 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="train a tokenizer or a generator (accelerate; torchrun works too)")
+    tsub = t.add_subparsers(dest="what", required=True)
+    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer")
+    _train_args(tt, steps=2000, batch=32, lr=2e-4)
+    tt.add_argument("--ch", type=int)
+    tt.add_argument("--ch-mult", type=int, nargs="+")
+    tt.add_argument("--num-res-blocks", type=int)
+    tt.add_argument("--z-channels", type=int)
+    tt.add_argument("--codebook-size", type=int)
+    tt.add_argument("--codebook-dim", type=int)
+    tt.add_argument("--perceptual-weights", help="local torchvision vgg16 state dict for a perceptual loss")
+    tt.add_argument("--perceptual-weight", type=float, default=1.0)
+    tt.add_argument("--disc-weight", type=float, default=0.0, help="> 0 adds a PatchGAN adversarial loss")
+    tt.add_argument("--disc-start", type=int, default=0)
+    tt.set_defaults(func=cmd_train_tokenizer)
+    tg = tsub.add_parser("generator", help="a LlamaGen-style generator on a trained tokenizer")
+    _train_args(tg, steps=3000, batch=32, lr=6e-4)
+    tg.add_argument("--tokenizer", required=True, help="folder written by `argen train tokenizer`")
+    tg.add_argument("--dim", type=int)
+    tg.add_argument("--depth", type=int)
+    tg.add_argument("--heads", type=int)
+    tg.add_argument("--dropout", type=float, default=0.1)
+    tg.add_argument("--class-dropout", type=float, default=0.1)
+    tg.add_argument("--ema-decay", type=float, default=0.999)
+    tg.add_argument("--cfg", type=float, default=3.0, help="default guidance written to the result")
+    tg.add_argument("--top-k", type=int, default=0, help="default top-k written to the result")
+    tg.set_defaults(func=cmd_train_generator)
 
     m = sub.add_parser("models", help="list the model zoo")
     m.add_argument("--json", action="store_true")

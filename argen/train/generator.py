@@ -44,6 +44,12 @@ def generator_config(preset: str, **overrides: Any) -> dict[str, Any]:
     return {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
 
 
+def next_token_loss(model: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced cross-entropy of codes (B, N) given the classes."""
+    logits = model(codes, labels)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+
+
 def train_generator(
     settings: TrainSettings,
     tokenizer_dir: str,
@@ -98,8 +104,7 @@ def train_generator(
         with torch.no_grad():
             codes = tok.encode(images.to(acc.device)).flatten(1)
         with acc.autocast():
-            logits = model(codes, labels.to(acc.device))
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+            loss = next_token_loss(model, codes, labels.to(acc.device))
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         if settings.grad_clip:
@@ -129,7 +134,7 @@ def train_generator(
         (out / "train.json").write_text(json.dumps({
             "kind": "generator", "steps": settings.steps, "final_losses": logs,
             "train_time_s": round(time.time() - t0, 1), "settings": settings_dict(settings),
-            "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay,
+            "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
         }, indent=2))
     return out
 

@@ -89,6 +89,21 @@ class VGGPerceptual(nn.Module):
         return loss
 
 
+def vq_loss(
+    model: nn.Module, images: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Reconstruction (MSE) + codebook + commitment (+ perceptual) loss -> (loss, recon, logs)."""
+    recon, q = model(images)
+    rec = F.mse_loss(recon.float(), images)
+    loss = rec + q["codebook"] + q["commit"]
+    logs = {"rec": rec.item(), "codebook": q["codebook"].item(), "commit": q["commit"].item()}
+    if perceptual is not None:
+        p = perceptual(recon.float(), images)
+        loss = loss + perceptual_weight * p
+        logs["perceptual"] = p.item()
+    return loss, recon, logs
+
+
 def train_tokenizer(
     settings: TrainSettings,
     config: VQConfig,
@@ -132,14 +147,7 @@ def train_tokenizer(
             group["lr"] = lr_at(step, settings)
         images = images.to(acc.device)
         with acc.autocast():
-            recon, q = model(images)
-            rec = F.mse_loss(recon.float(), images)
-            loss = rec + q["codebook"] + q["commit"]
-            logs = {"rec": rec.item(), "codebook": q["codebook"].item(), "commit": q["commit"].item()}
-            if perceptual is not None:
-                p = perceptual(recon.float(), images)
-                loss = loss + perceptual_weight * p
-                logs["perceptual"] = p.item()
+            loss, recon, logs = vq_loss(model, images, perceptual, perceptual_weight)
             if disc is not None and step >= disc_start:
                 g = -disc(recon).mean()
                 loss = loss + disc_weight * g
@@ -176,7 +184,7 @@ def train_tokenizer(
         (out / "train.json").write_text(json.dumps({
             "kind": "tokenizer", "steps": settings.steps, "final_losses": logs,
             "train_time_s": round(time.time() - t0, 1), "settings": settings_dict(settings),
-            "class_names": class_names,
+            "class_names": class_names, "num_processes": acc.num_processes,
         }, indent=2))
     return out
 

@@ -1,0 +1,127 @@
+"""Trainers: a step reduces the loss, checkpoints resume exactly, 2 CPU processes work, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import argen
+from argen.errors import CheckpointError, ConfigError
+from argen.generators import LlamaGen, LlamaGenConfig
+from argen.tokenizers import VQTokenizer
+from argen.train import TrainSettings, train_generator, train_tokenizer
+from argen.train.generator import generator_config, next_token_loss
+from argen.train.tokenizer import tokenizer_config, vq_loss
+from argen.data import ShapesDataset
+
+
+def _batch(n=8, res=16):
+    ds = ShapesDataset(res)
+    return torch.stack([ds[i][0] for i in range(n)]), torch.tensor([ds[i][1] for i in range(n)])
+
+
+def test_one_tokenizer_step_reduces_the_loss():
+    torch.manual_seed(0)
+    model = VQTokenizer(tokenizer_config("tiny"))
+    images, _ = _batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before, _, _ = vq_loss(model, images)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _, _ = vq_loss(model, images)
+    assert after < before
+
+
+def test_one_generator_step_reduces_the_loss():
+    torch.manual_seed(0)
+    cfg = LlamaGenConfig(**generator_config("tiny"), vocab_size=256, block_size=16, num_classes=10,
+                         token_dropout_p=0, resid_dropout_p=0, ffn_dropout_p=0, class_dropout_prob=0.1)
+    model = LlamaGen(cfg)
+    model.init_weights()
+    model.eval()  # no class dropout: the same batch before and after
+    codes = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = next_token_loss(model, codes, labels)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = next_token_loss(model, codes, labels)
+    assert after < before
+
+
+def _settings(out, **kw):
+    base = dict(out=str(out), resolution=16, steps=4, batch_size=4, warmup_steps=2, sample_every=4,
+                checkpoint_every=2, progress=False)
+    return TrainSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tok = train_tokenizer(_settings(root / "tok"), tokenizer_config("tiny"))
+    gen = train_generator(_settings(root / "gen"), str(tok), generator_config("tiny"))
+    return tok, gen
+
+
+def test_training_writes_loadable_results(trained):
+    tok, gen = trained
+    assert (tok / "config.json").is_file() and (tok / "samples" / "tokenizer_000004.png").is_file()
+    assert (gen / "samples" / "generator_000004.png").is_file()
+    info = json.loads((gen / "train.json").read_text())
+    assert info["steps"] == 4 and info["final_losses"]["loss"] > 0
+    pipe = argen.load(gen)
+    assert pipe.class_names[6] == "star" and pipe.image_size == 16
+    assert len(pipe.generate(["star", "ring"], seed=0)) == 2
+
+
+def test_resume_continues_step_count_and_optimizer_state(trained, tmp_path):
+    tok, _ = trained
+    out = tmp_path / "gen"
+    train_generator(_settings(out, steps=2), str(tok), generator_config("tiny"))
+    first = load_file(str(out / "checkpoint" / "generator.safetensors"))
+    train_generator(_settings(out, steps=4, resume=True), str(tok), generator_config("tiny"))
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4
+    optim = torch.load(out / "checkpoint" / "generator.optim.pt", weights_only=True)
+    assert all(int(s["step"]) == 4 for s in optim["state"].values())  # Adam kept counting from 2
+    second = load_file(str(out / "checkpoint" / "generator.safetensors"))
+    assert not torch.equal(first["output.weight"], second["output.weight"])
+    with pytest.raises(CheckpointError, match="another configuration.*config"):
+        train_generator(_settings(out, steps=6, resume=True), str(tok), generator_config("tiny", dim=32))
+
+
+def test_bad_training_input(trained, tmp_path):
+    tok, _ = trained
+    with pytest.raises(ConfigError, match="not divisible by the tokenizer's downsampling factor 4"):
+        train_tokenizer(_settings(tmp_path / "t", resolution=18), tokenizer_config("tiny"))
+    with pytest.raises(ConfigError, match="no images found"):
+        (tmp_path / "empty").mkdir()
+        train_generator(_settings(tmp_path / "g", data=str(tmp_path / "empty")), str(tok), generator_config("tiny"))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train_tokenizer(_settings(tmp_path / "t2", resume=True), tokenizer_config("tiny"))
+    with pytest.raises(ConfigError, match="unknown tokenizer preset 'huge'"):
+        tokenizer_config("huge")
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        _settings(tmp_path, steps=0)
+
+
+def test_two_cpu_processes(trained, tmp_path):
+    """torchrun with 2 processes (gloo on CPU) through the CLI."""
+    tok, _ = trained
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "argen", "train", "generator", "--tokenizer", str(tok), "--out", str(tmp_path / "ddp"),
+           "--resolution", "16", "--steps", "3", "--batch-size", "2", "--warmup-steps", "1",
+           "--sample-every", "3", "--checkpoint-every", "3", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((tmp_path / "ddp" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3
+    assert json.loads((tmp_path / "ddp" / "train.json").read_text())["num_processes"] == 2
+    assert argen.load(tmp_path / "ddp").generator.config.num_classes == 10
