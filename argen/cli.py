@@ -57,9 +57,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import argen
     from argen.images import make_grid
 
-    if args.model is None:
-        raise ConfigError("no bundled default model yet: pass --model NAME_OR_DIR (see `argen models`)")
-    pipe = argen.load(args.model, device=args.device, dtype=_dtype(args.dtype), checkpoint_dir=args.checkpoint_dir)
+    from argen.zoo import DEFAULT_MODEL
+
+    pipe = argen.load(args.model or DEFAULT_MODEL, device=args.device, dtype=_dtype(args.dtype), checkpoint_dir=args.checkpoint_dir)
     classes = args.classes
     if not classes:
         n = pipe.generator.num_classes
@@ -109,7 +109,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     print(f"{'name':24} {'family':10} {'params':>6} {'res':>4}  source / description")
     for e in entries:
-        print(f"{e.name:24} {e.family:10} {e.params:>6} {e.image_size:>4}  {e.repo_id}: {', '.join(e.files.values())}")
+        source = f"{e.repo_id}: {', '.join(e.files.values())}" if e.repo_id != "bundled" else f"bundled ({e.path})"
+        print(f"{e.name:24} {e.family:10} {e.params:>6} {e.image_size:>4}  {source}")
         print(f"{'':48}{e.description}")
     for e in TOKENIZERS.values():
         print(f"{e.name:24} {'tokenizer':10} {e.params:>6} {e.image_size:>4}  {e.repo_id}: {', '.join(e.files.values())}")
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images (writes a grid PNG)")
-    g.add_argument("--model", "-m", help="zoo name (see `argen models`) or a pretrained folder")
+    g.add_argument("--model", "-m", help="zoo name (see `argen models`) or a pretrained folder; default: the bundled model")
     g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
     g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0)

@@ -87,9 +87,48 @@ def _build_llamagen(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> A
 BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen}
 
 
-def list_models() -> list[ZooEntry]:
-    """Every named model, in the order ``argen models`` shows them."""
-    return list(OFFICIAL.values())
+ASSETS = Path(os.environ.get("ARGEN_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
+
+
+@dataclass(frozen=True)
+class BundledEntry:
+    """A small model shipped in the repository's ``assets/`` (works offline)."""
+
+    name: str
+    folder: str
+    description: str
+    image_size: int
+    params: str = ""
+    family: str = "llamagen"
+    repo_id: str = "bundled"
+
+    @property
+    def path(self) -> Path:
+        return ASSETS / self.folder
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {"pipeline": f"assets/{self.folder}"}
+
+
+BUNDLED: dict[str, BundledEntry] = {
+    e.name: e
+    for e in [
+        BundledEntry(
+            name="shapes-llamagen",
+            folder="shapes-llamagen",
+            description="bundled default: LlamaGen-style GPT + VQ trained on the shapes set, 64px, 10 classes",
+            image_size=64,
+            params="",
+        )
+    ]
+}
+DEFAULT_MODEL = "shapes-llamagen"
+
+
+def list_models() -> list[ZooEntry | BundledEntry]:
+    """Every named model, in the order ``argen models`` shows them: bundled first."""
+    return [*BUNDLED.values(), *OFFICIAL.values()]
 
 
 def known_names() -> list[str]:
@@ -110,6 +149,11 @@ def load(
     if path.is_dir():
         return ARPipeline.from_pretrained(path, device=device, dtype=dtype)
     name = str(name_or_dir)
+    if name in BUNDLED:
+        folder = BUNDLED[name].path
+        if not (folder / INDEX_NAME).is_file():
+            raise UnknownModelError(f"the bundled model {name!r} is missing from {folder} (set ARGEN_ASSETS to the assets folder)")
+        return ARPipeline.from_pretrained(folder, device=device, dtype=dtype)
     entry = OFFICIAL.get(name)
     if entry is None:
         hint = f"; also not a folder with {INDEX_NAME}" if os.sep in name or name.startswith(".") else ""

@@ -84,7 +84,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep every logit >= the k-th largest (ties kept); others -inf. k <= 0 or >= vocab: no-op."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    kth = torch.topk(logits, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, register
-from argen.nn import KVCache, RMSNorm, SwiGLU, apply_rope, attention, llama_ffn_hidden, rope_2d_table
+from argen.nn import KVCache, Linear, RMSNorm, SwiGLU, apply_rope, attention, llama_ffn_hidden, rope_2d_table
 
 # Released class-to-image configurations (official GPT_models); 3B uses head_dim 100.
 PRESETS: dict[str, dict[str, int]] = {
@@ -140,18 +140,18 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaGenConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wqkv = Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
+        self.wo = Linear(cfg.dim, cfg.dim, bias=False)
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int, window) -> torch.Tensor:
         b, t, _ = x.shape
-        hd = self.head_dim
-        q, k, v = self.wqkv(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
-        q = apply_rope(q.view(b, t, self.n_head, hd), rope).transpose(1, 2)
-        k = apply_rope(k.view(b, t, self.n_kv_head, hd), rope).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_head, hd).transpose(1, 2)
+        nq, nkv = self.n_head, self.n_kv_head
+        qkv = self.wqkv(x).view(b, t, nq + 2 * nkv, self.head_dim)  # [q heads | k heads | v heads]
+        qk = apply_rope(qkv[:, :, : nq + nkv], rope)  # q and k rotated in one call
+        q, k = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2)
+        v = qkv[:, :, nq + nkv :].transpose(1, 2)
         if cache is None:
             out = attention(q, k, v, causal=True, dropout_p=self.attn_dropout_p if self.training else 0.0)
         else:
@@ -202,7 +202,7 @@ class LlamaGen(Pretrained):
         rates = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
         self.layers = nn.ModuleList(TransformerBlock(c, r) for r in rates)
         self.norm = RMSNorm(c.dim, eps=c.norm_eps)
-        self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.output = Linear(c.dim, c.vocab_size, bias=False)
         self.init_buffers()
 
     def init_buffers(self) -> None:

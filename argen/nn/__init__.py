@@ -9,6 +9,7 @@ from argen.nn.attention import (
     set_attention_backend,
 )
 from argen.nn.kv_cache import CacheWindow, KVCache
+from argen.nn.linear import Linear, linear
 from argen.nn.mlp import SwiGLU, llama_ffn_hidden
 from argen.nn.norms import RMSNorm
 from argen.nn.rope import apply_rope, rope_1d_table, rope_2d_table
@@ -23,6 +24,8 @@ __all__ = [
     "set_attention_backend",
     "CacheWindow",
     "KVCache",
+    "Linear",
+    "linear",
     "SwiGLU",
     "llama_ffn_hidden",
     "RMSNorm",

@@ -1,0 +1,24 @@
+"""Linear layers tuned for decode steps on the CPU."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x W^T (+ b). For 2..64 rows (decode steps) on the CPU, MKL's sgemm is 1.4-2.6x faster as
+    W @ x^T with a contiguous x than as F.linear's x @ W^T (measured in benchmarks/bench_ar.py); the
+    result is a transposed view holding the same values."""
+    rows = x.numel() // x.shape[-1]
+    if 1 < rows <= 64 and bias is None and x.device.type == "cpu" and x.dtype == torch.float32:
+        x2 = x.reshape(rows, x.shape[-1]).contiguous()
+        return torch.mm(weight, x2.t()).t().view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) whose forward uses :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
