@@ -6,7 +6,7 @@ submodules of an existing argen :class:`~argen.generators.LlamaGen` so that the 
 the outputs are comparable token for token:
 
 * one static KV cache per layer, (B2, n_head, max_seq_len, head_dim), allocated once, where B2 is
-  2 * batch with CFG and max_seq_len = cls tokens + image tokens;
+  2 * batch with CFG and max_seq_len = cls tokens + image tokens rounded up to a multiple of 8;
 * each step writes k / v by index assignment at ``input_pos`` (``cache[:, :, input_pos] = k``);
 * attention of every step runs over the FULL cache with the boolean row
   ``causal_mask[:B2, None, input_pos]`` of a lower-triangular (B2, L, L) mask;
@@ -37,7 +37,8 @@ class OfficialStyleDecoder:
         self.n_head = c.n_head
         self.n_kv_head = c.n_kv_head or c.n_head
         self.head_dim = c.head_dim
-        self.max_seq_len = max_seq_len or (c.cls_token_num + c.block_size)
+        # the official setup_caches rounds the cache length up to a multiple of 8
+        self.max_seq_len = max_seq_len or -(-(c.cls_token_num + c.block_size) // 8) * 8
         w = model.tok_embeddings.weight
         shape = (max_batch_size, self.n_head, self.max_seq_len, self.head_dim)
         # the official cache is allocated with n_head heads (its KVCache ignores n_kv_head)

@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(ch=32, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2], num_res_blocks=1,
                  z_channels=32, codebook_size=256, codebook_embed_dim=8),
     # downsample 8 (64px -> 8x8 tokens): the bundled shapes tokenizer
-    "small": dict(ch=32, encoder_ch_mult=[1, 2, 4, 4], decoder_ch_mult=[1, 2, 4, 4], num_res_blocks=1,
+    "small": dict(ch=32, encoder_ch_mult=[1, 1, 2, 2], decoder_ch_mult=[1, 1, 2, 2], num_res_blocks=1,
                   z_channels=64, codebook_size=512, codebook_embed_dim=8),
 }
 

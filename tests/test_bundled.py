@@ -1,0 +1,44 @@
+"""The bundled default model: loads offline, generates, and `argen generate` needs no arguments."""
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+import argen
+from argen.data import SHAPE_NAMES
+from argen.zoo import BUNDLED, DEFAULT_MODEL
+
+
+def test_bundled_model_is_small_and_documented():
+    folder = BUNDLED[DEFAULT_MODEL].path
+    for f in ["model_index.json", "README.md", "samples.png", "generator/model.safetensors", "tokenizer/model.safetensors"]:
+        assert (folder / f).is_file(), f
+    assert all((folder / c / "model.safetensors").stat().st_size < 20e6 for c in ("generator", "tokenizer"))
+    assert "Quality" in (folder / "README.md").read_text()
+
+
+def test_bundled_model_loads_offline_and_generates():
+    pipe = argen.load(DEFAULT_MODEL)
+    assert pipe.class_names == SHAPE_NAMES and pipe.image_size == 64
+    images = pipe.generate(["star", "ring"], seed=0)
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    again = pipe.generate(["star", "ring"], seed=0)
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in again]
+
+
+def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "argen", "generate", "-q"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["images"] == 10 and report["classes"] == list(range(10))
+    grid = Image.open(tmp_path / "argen_samples.png")
+    assert grid.size == (4 * 64 + 5 * 2, 3 * 64 + 4 * 2)
+
+
+def test_models_lists_the_bundled_model_first():
+    assert argen.list_models()[0].name == DEFAULT_MODEL
+    out = subprocess.run([sys.executable, "-m", "argen", "models"], capture_output=True, text=True).stdout
+    assert out.splitlines()[1].startswith(DEFAULT_MODEL)
