@@ -43,16 +43,32 @@ def component_class(name: str) -> type["Pretrained"]:
     return _REGISTRY[name]
 
 
-def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
-    """Build a config dataclass, rejecting unknown names (a typo must not be silently ignored)."""
+def build_config(config_class: type, presets: dict[str, dict[str, Any]], preset: str | None, overrides: dict[str, Any], what: str) -> Any:
+    """A config from an optional named preset plus keyword overrides (unknown presets and argument
+    names are errors that list the valid ones)."""
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"unknown {what} preset {preset!r}; known: {', '.join(presets)}")
+        base = dict(presets[preset])
     names = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown {config_class.__name__} argument(s): {', '.join(unknown)}; "
-            f"valid names: {', '.join(sorted(names))}"
-        )
-    return config_class(**values)
+        raise ConfigError(f"unknown {what} argument(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return config_class(**{**base, **overrides})
+
+
+def read_json(path: Path, missing: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``missing`` is the message when the file is absent."""
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -96,17 +112,11 @@ class Pretrained(nn.Module):
         from argen.convert.checkpoint import load_into, read_state_dict
 
         directory = Path(directory)
-        cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise CheckpointError(f"{directory} is not a pretrained argen component: no {CONFIG_NAME}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
+        raw = read_json(directory / CONFIG_NAME, f"{directory} is not a pretrained argen component: no {CONFIG_NAME}")
         klass = component_class(raw.pop("_class", cls.registry_name))
         if cls.registry_name and not issubclass(klass, cls):
             raise CheckpointError(f"{directory} holds a {klass.registry_name!r}, not a {cls.registry_name!r}")
-        model = klass.from_config(config_from_dict(klass.config_class, raw), device="meta")
+        model = klass.from_config(build_config(klass.config_class, {}, None, raw, klass.__name__), device="meta")
         state = read_state_dict(directory / WEIGHTS_NAME)
         load_into(model, state, source=str(directory))
         model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

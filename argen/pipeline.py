@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from argen import __version__
-from argen.errors import CheckpointError, ConfigError
+from argen.errors import ConfigError
 from argen.images import to_pil
-from argen.modeling import Pretrained
+from argen.modeling import Pretrained, read_json
 
 INDEX_NAME = "model_index.json"
 
@@ -156,13 +156,7 @@ class ARPipeline:
         cls, directory: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> "ARPipeline":
         directory = Path(directory)
-        path = directory / INDEX_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{directory} is not an argen pretrained folder (no {INDEX_NAME})")
-        try:
-            index = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        index = read_json(directory / INDEX_NAME, f"{directory} is not an argen pretrained folder (no {INDEX_NAME})")
         gen = Pretrained.from_pretrained(directory / index.get("generator", "generator"), device=device, dtype=dtype)
         tok = Pretrained.from_pretrained(directory / index.get("tokenizer", "tokenizer"), device=device)
         return cls(

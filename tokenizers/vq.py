@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.errors import ConfigError
-from argen.modeling import Pretrained, register
+from argen.modeling import Pretrained, build_config, register
 from argen.nn import attention
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -57,10 +57,8 @@ class VQConfig:
             raise ConfigError("entropy_loss_ratio != 0 is not supported (every released tokenizer uses 0)")
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "VQConfig":
-        if name not in PRESETS:
-            raise ConfigError(f"unknown VQ preset {name!r}; known: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+    def preset(cls, name: str | None, **overrides: Any) -> "VQConfig":
+        return build_config(cls, PRESETS, name, overrides, "LlamaGen VQ")
 
     @property
     def downsample(self) -> int:

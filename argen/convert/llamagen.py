@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import fields
 from typing import Any, Mapping
 
 import torch
@@ -21,7 +20,6 @@ from argen.convert.checkpoint import load_into, read_state_dict, unwrap
 from argen.errors import ConfigError
 from argen.generators.llamagen import PRESETS as GPT_PRESETS
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
-from argen.tokenizers.vq import PRESETS as VQ_PRESETS
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
 Checkpoint = str | os.PathLike | Mapping[str, Any]
@@ -30,27 +28,14 @@ Checkpoint = str | os.PathLike | Mapping[str, Any]
 _IGNORED = re.compile(r"^(freqs_cis|layers\.\d+\.attention\.kv_cache\.(k|v)_cache|causal_mask)$")
 
 
-def _config(config_class: type, presets: dict, preset: str | None, kwargs: dict[str, Any], what: str) -> Any:
-    names = {f.name for f in fields(config_class)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ConfigError(f"unknown {what} argument(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    base: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(f"unknown {what} preset {preset!r}; known: {', '.join(presets)}")
-        base = dict(presets[preset])
-    return config_class(**{**base, **kwargs})
-
-
 def gpt_config(preset: str | None = None, **model_args: Any) -> LlamaGenConfig:
     """LlamaGenConfig from a preset name ("GPT-B", ...) and/or official ``ModelArgs`` keywords."""
-    return _config(LlamaGenConfig, GPT_PRESETS, preset, model_args, "LlamaGen GPT")
+    return LlamaGenConfig.preset(preset, **model_args)
 
 
 def vq_config(preset: str | None = None, **vq_args: Any) -> VQConfig:
     """VQConfig from a preset name ("VQ-16", "VQ-8") and/or official VQ ``ModelArgs`` keywords."""
-    return _config(VQConfig, VQ_PRESETS, preset, vq_args, "LlamaGen VQ")
+    return VQConfig.preset(preset, **vq_args)
 
 
 def _weights(checkpoint: Checkpoint, prefer_ema: bool) -> tuple[dict[str, torch.Tensor], str]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.errors import ConfigError
-from argen.modeling import Pretrained, register
+from argen.modeling import Pretrained, build_config, register
 from argen.nn import KVCache, Linear, RMSNorm, SwiGLU, apply_rope, attention, llama_ffn_hidden, rope_2d_table
 
 # Released class-to-image configurations (official GPT_models); 3B uses head_dim 100.
@@ -80,10 +80,8 @@ class LlamaGenConfig:
             raise ConfigError("class-to-image LlamaGen uses exactly one class token (cls_token_num=1)")
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "LlamaGenConfig":
-        if name not in PRESETS:
-            raise ConfigError(f"unknown LlamaGen preset {name!r}; known: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+    def preset(cls, name: str | None, **overrides: Any) -> "LlamaGenConfig":
+        return build_config(cls, PRESETS, name, overrides, "LlamaGen GPT")
 
     @property
     def head_dim(self) -> int:

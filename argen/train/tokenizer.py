@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from argen.errors import ConfigError
 from argen.images import make_grid, to_pil
+from argen.modeling import build_config
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 from argen.train.data import check_stride, make_dataset
 from argen.train.loop import (
@@ -39,9 +39,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def tokenizer_config(preset: str, **overrides: Any) -> VQConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown tokenizer preset {preset!r}; known: {', '.join(PRESETS)}")
-    return VQConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+    """A training preset with the options that were given (None = keep the preset's value)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return build_config(VQConfig, PRESETS, preset, given, "tokenizer")
 
 
 class PatchDiscriminator(nn.Module):
