@@ -160,7 +160,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
                            encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult)
     out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
                           perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
-                          disc_start=args.disc_start)
+                          disc_start=args.disc_start, dead_code_threshold=args.dead_code_threshold)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--perceptual-weight", type=float, default=1.0)
     tt.add_argument("--disc-weight", type=float, default=0.0, help="> 0 adds a PatchGAN adversarial loss")
     tt.add_argument("--disc-start", type=int, default=0)
+    tt.add_argument("--dead-code-threshold", type=float, default=0.03,
+                    help="re-seed codes used less than this fraction of a uniform share (0 = off)")
     tt.set_defaults(func=cmd_train_tokenizer)
     tg = tsub.add_parser("generator", help="a LlamaGen-style generator on a trained tokenizer")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
-argen train tokenizer --data shapes --preset small --resolution 64 --steps 1200 --batch-size 16 \
+argen train tokenizer --data shapes --preset small --resolution 64 --steps 1500 --batch-size 16 \
   --lr 5e-4 --warmup-steps 100 --sample-every 300 --checkpoint-every 300 --out "$RUNS/shapes-vq"
 argen train generator --tokenizer "$RUNS/shapes-vq" --data shapes --preset small --resolution 64 \
   --steps 2000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \

@@ -213,6 +213,27 @@ class VectorQuantizer(nn.Module):
                 self.embedding.weight.copy_(F.normalize(self.embedding.weight, p=2, dim=-1))
         if show_usage:
             self.register_buffer("codebook_used", torch.zeros(65536))
+        # training only: codes whose hit rate (EMA, per latent) falls below this are re-seeded from
+        # current latents; 0 = off. Not part of the config or the checkpoint.
+        self.dead_code_threshold = 0.0
+        self.register_buffer("usage", torch.ones(n_e) / n_e, persistent=False)
+
+    def init_buffers(self) -> None:
+        self.usage = torch.ones(self.n_e, device=self.embedding.weight.device) / self.n_e
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, latents: torch.Tensor, ids: torch.Tensor) -> None:
+        """Re-seed rarely used codes with random current latents (keeps the codebook in use)."""
+        hits = torch.bincount(ids.flatten(), minlength=self.n_e).float() / ids.numel()
+        self.usage.mul_(0.95).add_(hits, alpha=0.05)
+        dead = self.usage < self.dead_code_threshold / self.n_e
+        if dead.any():
+            pick = torch.randint(0, latents.shape[0], (int(dead.sum()),), device=latents.device)
+            self.embedding.weight[dead] = latents[pick].to(self.embedding.weight.dtype)
+            self.usage[dead] = 1.0 / self.n_e
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.embedding.weight.data, 0)
+            torch.distributed.broadcast(self.usage, 0)
 
     def codebook(self) -> torch.Tensor:
         w = self.embedding.weight
@@ -241,6 +262,8 @@ class VectorQuantizer(nn.Module):
             "codebook": F.mse_loss(zq, zn.detach()),
             "commit": self.beta * F.mse_loss(zq.detach(), zn),
         }
+        if self.training and self.dead_code_threshold > 0:
+            self._restart_dead_codes(zn.detach().permute(0, 2, 3, 1).reshape(-1, self.e_dim), ids)
         if self.training and hasattr(self, "codebook_used"):
             flat = ids.flatten()
             n = min(flat.numel(), self.codebook_used.numel())

@@ -112,13 +112,16 @@ def train_tokenizer(
     perceptual_weight: float = 1.0,
     disc_weight: float = 0.0,
     disc_start: int = 0,
+    dead_code_threshold: float = 0.03,
 ) -> Path:
-    """Train a VQ tokenizer; write the result to ``settings.out`` and return that folder."""
+    """Train a VQ tokenizer; write the result to ``settings.out`` and return that folder.
+    ``dead_code_threshold``: codes hit less than this fraction of a uniform share are re-seeded."""
     out = Path(settings.out)
     check_stride(settings.resolution, config.downsample)
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
     model = VQTokenizer(config)
+    model.quantize.dead_code_threshold = dead_code_threshold
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     modules: dict[str, Any] = {"tokenizer": model}
     optims: dict[str, Any] = {"tokenizer": opt}
