@@ -217,13 +217,19 @@ class VectorQuantizer(nn.Module):
         # current latents; 0 = off. Not part of the config or the checkpoint.
         self.dead_code_threshold = 0.0
         self.register_buffer("usage", torch.ones(n_e) / n_e, persistent=False)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def init_buffers(self) -> None:
         self.usage = torch.ones(self.n_e, device=self.embedding.weight.device) / self.n_e
 
     @torch.no_grad()
-    def _restart_dead_codes(self, latents: torch.Tensor, ids: torch.Tensor) -> None:
-        """Re-seed rarely used codes with random current latents (keeps the codebook in use)."""
+    def restart_dead_codes(self) -> int:
+        """Re-seed rarely used codes with random latents of the last training batch (keeps the
+        codebook in use). Call it after the optimiser step; returns how many codes were re-seeded."""
+        if self._pending is None:
+            return 0
+        latents, ids = self._pending
+        self._pending = None
         hits = torch.bincount(ids.flatten(), minlength=self.n_e).float() / ids.numel()
         self.usage.mul_(0.95).add_(hits, alpha=0.05)
         dead = self.usage < self.dead_code_threshold / self.n_e
@@ -234,6 +240,7 @@ class VectorQuantizer(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast(self.embedding.weight.data, 0)
             torch.distributed.broadcast(self.usage, 0)
+        return int(dead.sum())
 
     def codebook(self) -> torch.Tensor:
         w = self.embedding.weight
@@ -263,7 +270,7 @@ class VectorQuantizer(nn.Module):
             "commit": self.beta * F.mse_loss(zq.detach(), zn),
         }
         if self.training and self.dead_code_threshold > 0:
-            self._restart_dead_codes(zn.detach().permute(0, 2, 3, 1).reshape(-1, self.e_dim), ids)
+            self._pending = (zn.detach().permute(0, 2, 3, 1).reshape(-1, self.e_dim), ids.detach())
         if self.training and hasattr(self, "codebook_used"):
             flat = ids.flatten()
             n = min(flat.numel(), self.codebook_used.numel())

@@ -160,6 +160,7 @@ def train_tokenizer(
         if settings.grad_clip:
             acc.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
+        logs["restarted"] = acc.unwrap_model(model).quantize.restart_dead_codes()
         if disc is not None and step >= disc_start:
             with acc.autocast():
                 d = F.relu(1 - disc(images)).mean() + F.relu(1 + disc(recon.detach())).mean()
