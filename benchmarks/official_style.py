@@ -16,7 +16,8 @@ the outputs are comparable token for token:
   ``uncond + (cond - uncond) * cfg_scale``, temperature division, top-k via ``torch.topk`` + masked
   fill, softmax, ``torch.multinomial``.
 
-Feed-forward, norms, embeddings and RoPE math are argen's own modules (identical to the official math).
+Norms, embeddings and RoPE are argen's own modules (identical to the official math); every linear
+layer runs as the official ``nn.Linear`` does (``F.linear``), not through argen's decode-tuned ``Linear``.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class OfficialStyleDecoder:
         att = layer.attention
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
-        xq, xk, xv = att.wqkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+        xq, xk, xv = F.linear(x, att.wqkv.weight).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
         xq = apply_rope(xq.view(b, t, nh, hd), freqs)
         xk = apply_rope(xk.view(b, t, nkv, hd), freqs)
         xv = xv.view(b, t, nkv, hd)
@@ -65,7 +66,7 @@ class OfficialStyleDecoder:
         values = v_cache.repeat_interleave(nh // nkv, dim=1)
         out = F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, is_causal=False)
         out = out.transpose(1, 2).contiguous().view(b, t, -1)
-        return att.wo(out)
+        return F.linear(out, att.wo.weight)
 
     def forward(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """h (B2, T, dim) at positions ``input_pos`` (T,) -> float32 logits (B2, T, V)."""
@@ -75,9 +76,10 @@ class OfficialStyleDecoder:
         freqs = self.freqs[input_pos].unsqueeze(0)  # (1, T, D/2, 2)
         for i, layer in enumerate(m.layers):
             h = h + self._attention(i, layer, layer.attention_norm(h), freqs, input_pos, mask)
-            h = h + layer.feed_forward(layer.ffn_norm(h))
+            ff, y = layer.feed_forward, layer.ffn_norm(h)
+            h = h + F.linear(F.silu(F.linear(y, ff.w1.weight)) * F.linear(y, ff.w3.weight), ff.w2.weight)
         h = m.norm(h)
-        return m.output(h).float()
+        return F.linear(h, m.output.weight).float()
 
 
 def official_sample(logits: torch.Tensor, temperature: float, top_k: int, generator, greedy: bool):
