@@ -63,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     classes = args.classes
     if not classes:
         n = pipe.generator.num_classes
-        classes = IMAGENET_DEMO_CLASSES if n == 1000 else list(range(min(n, 8)))
+        classes = IMAGENET_DEMO_CLASSES if n == 1000 else list(range(n if n <= 16 else 8))
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
     ids = [c for c in pipe.resolve_classes(classes) for _ in range(args.per_class)]
