@@ -85,9 +85,11 @@ def test_resume_continues_step_count_and_optimizer_state(trained, tmp_path):
     out = tmp_path / "gen"
     train_generator(_settings(out, steps=2), str(tok), generator_config("tiny"))
     first = load_file(str(out / "checkpoint" / "generator.safetensors"))
+    first_time = json.loads((out / "train.json").read_text())["train_time_s"]
     train_generator(_settings(out, steps=4, resume=True), str(tok), generator_config("tiny"))
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4
+    assert json.loads((out / "train.json").read_text())["train_time_s"] > first_time  # cumulative
     optim = torch.load(out / "checkpoint" / "generator.optim.pt", weights_only=True)
     assert all(int(s["step"]) == 4 for s in optim["state"].values())  # Adam kept counting from 2
     second = load_file(str(out / "checkpoint" / "generator.safetensors"))

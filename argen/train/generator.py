@@ -27,6 +27,7 @@ from argen.train.loop import (
     load_checkpoint,
     lr_at,
     make_accelerator,
+    prior_train_time,
     save_checkpoint,
     settings_dict,
     step_loader,
@@ -88,6 +89,7 @@ def train_generator(
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
             "tokenizer": str(Path(tokenizer_dir).resolve())}
+    prior = prior_train_time(out, settings.resume)
     start = load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta) if settings.resume else 0
     ema.updates = start
 
@@ -125,7 +127,8 @@ def train_generator(
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(out, done, {"generator": acc.unwrap_model(model), "ema": ema.shadow},
-                                {"generator": opt}, {**meta, "settings": settings_dict(settings)})
+                                {"generator": opt}, {**meta, "settings": settings_dict(settings),
+                                "train_time_s": round(prior + time.time() - t0, 1)})
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -133,7 +136,7 @@ def train_generator(
         pipe.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
             "kind": "generator", "steps": settings.steps, "final_losses": logs,
-            "train_time_s": round(time.time() - t0, 1), "settings": settings_dict(settings),
+            "train_time_s": round(prior + time.time() - t0, 1), "settings": settings_dict(settings),
             "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
         }, indent=2))
     return out

@@ -185,5 +185,13 @@ def load_checkpoint(
     return int(saved["step"])
 
 
+def prior_train_time(out: Path, resume: bool) -> float:
+    """Seconds of training already spent in the checkpoint being resumed (0 for a new run)."""
+    path = _state_path(out)
+    if not resume or not path.is_file():
+        return 0.0
+    return float(json.loads(path.read_text()).get("train_time_s", 0.0))
+
+
 def settings_dict(settings: TrainSettings) -> dict[str, Any]:
     return asdict(settings)

@@ -23,6 +23,7 @@ from argen.train.loop import (
     load_checkpoint,
     lr_at,
     make_accelerator,
+    prior_train_time,
     save_checkpoint,
     settings_dict,
     step_loader,
@@ -132,6 +133,7 @@ def train_tokenizer(
         modules["discriminator"], optims["discriminator"] = disc, d_opt
     perceptual = VGGPerceptual(perceptual_weights) if perceptual_weights else None
     meta = {"kind": "tokenizer", "config": asdict(config), "resolution": settings.resolution, "data": settings.data}
+    prior = prior_train_time(out, settings.resume)
     start = load_checkpoint(out, modules, optims, meta) if settings.resume else 0
 
     model, opt = acc.prepare(model, opt)
@@ -179,7 +181,8 @@ def train_tokenizer(
             acc.wait_for_everyone()
             if acc.is_main_process:
                 mods = {k: acc.unwrap_model(v) for k, v in {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}.items()}
-                save_checkpoint(out, done, mods, optims, {**meta, "settings": settings_dict(settings)})
+                save_checkpoint(out, done, mods, optims, {**meta, "settings": settings_dict(settings),
+                                "train_time_s": round(prior + time.time() - t0, 1)})
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -187,7 +190,7 @@ def train_tokenizer(
         final.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
             "kind": "tokenizer", "steps": settings.steps, "final_losses": logs,
-            "train_time_s": round(time.time() - t0, 1), "settings": settings_dict(settings),
+            "train_time_s": round(prior + time.time() - t0, 1), "settings": settings_dict(settings),
             "class_names": class_names, "num_processes": acc.num_processes,
         }, indent=2))
     return out
