@@ -122,12 +122,11 @@ class ARPipeline:
     def decode(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped)."""
         grid = tuple(self.generator.token_grid)
-        dtype = next(self.tokenizer.parameters()).dtype
         outs = [
             self.tokenizer.decode(codes[i : i + batch_size].view(-1, *grid).to(self.tokenizer_device), grid)
             for i in range(0, codes.shape[0], batch_size)
         ]
-        return torch.cat(outs).to(dtype).clamp(-1, 1)
+        return torch.cat(outs).clamp(-1, 1)
 
     @property
     def tokenizer_device(self) -> torch.device:

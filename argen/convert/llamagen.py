@@ -46,6 +46,14 @@ def _weights(checkpoint: Checkpoint, prefer_ema: bool) -> tuple[dict[str, torch.
     return {k: v for k, v in state.items() if not _IGNORED.match(k)}, source
 
 
+def _build(cls: type, cfg: Any, checkpoint: Checkpoint, ema: bool, device, dtype):
+    """Build ``cls`` on the meta device and load the official weights strictly; eval mode."""
+    state, source = _weights(checkpoint, ema)
+    model = cls.from_config(cfg, device="meta")
+    load_into(model, state, source=source)
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def load_gpt(
     checkpoint: Checkpoint,
     preset: str | None = None,
@@ -64,11 +72,7 @@ def load_gpt(
     """
     if preset is None and "dim" not in model_args:
         raise ConfigError(f"load_gpt needs a preset ({', '.join(GPT_PRESETS)}) or the model arguments (dim, n_layer, n_head, ...)")
-    cfg = gpt_config(preset, **model_args)
-    state, source = _weights(checkpoint, ema)
-    model = LlamaGen.from_config(cfg, device="meta")
-    load_into(model, state, source=source)
-    return model.to(device=device, dtype=dtype).eval()
+    return _build(LlamaGen, gpt_config(preset, **model_args), checkpoint, ema, device, dtype)
 
 
 def load_vq(
@@ -83,7 +87,4 @@ def load_vq(
     """Load an official LlamaGen VQ checkpoint into an argen ``VQTokenizer`` ("VQ-16" or "VQ-8", or
     the official VQ argument names plus ``ch`` and ``num_res_blocks``). Strict, eval mode."""
     cfg = vq_config(preset or ("VQ-16" if not vq_args else None), **vq_args)
-    state, source = _weights(checkpoint, ema)
-    model = VQTokenizer.from_config(cfg, device="meta")
-    load_into(model, state, source=source)
-    return model.to(device=device, dtype=dtype).eval()
+    return _build(VQTokenizer, cfg, checkpoint, ema, device, dtype)
