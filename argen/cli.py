@@ -156,7 +156,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     cfg = tokenizer_config(args.preset, ch=args.ch, codebook_size=args.codebook_size,
                            codebook_embed_dim=args.codebook_dim, z_channels=args.z_channels,
-                           num_res_blocks=args.num_res_blocks,
+                           num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups,
                            encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult)
     out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
                           perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--ch-mult", type=int, nargs="+")
     tt.add_argument("--num-res-blocks", type=int)
     tt.add_argument("--z-channels", type=int)
+    tt.add_argument("--norm-groups", type=int, help="GroupNorm groups (official 32; the presets use 8 at width 32)")
     tt.add_argument("--codebook-size", type=int)
     tt.add_argument("--codebook-dim", type=int)
     tt.add_argument("--perceptual-weights", help="local torchvision vgg16 state dict for a perceptual loss")

@@ -18,25 +18,35 @@ import torch
 from argen.errors import ConfigError
 from argen.samplers.ar import sample_ar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
+from argen.samplers.scales import sample_scales
 from argen.samplers.stats import SamplerStats
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    fn: Callable[..., tuple[torch.Tensor, SamplerStats]]
-    kinds: tuple[str, ...]  # generator kinds it can drive
+    fns: dict[str, Callable[..., tuple[torch.Tensor, SamplerStats]]]  # generator kind -> implementation
     description: str
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.fns)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
-    "ar": SamplerSpec(sample_ar, ("token",), "plain autoregressive decoding with a KV cache"),
+    "ar": SamplerSpec(
+        {"token": sample_ar, "scale": sample_scales},
+        "plain autoregressive decoding with a KV cache: token by token, or scale by scale",
+    ),
 }
 
 _COMMON = {"progress", "callback", "callback_every"}
 
 
 def register_sampler(name: str, fn: Callable, kinds: Sequence[str], description: str = "") -> None:
-    SAMPLERS[name] = SamplerSpec(fn, tuple(kinds), description)
+    """Register ``fn`` as sampler ``name`` for the given generator kinds (adds to an existing name)."""
+    old = SAMPLERS.get(name)
+    fns = {**(old.fns if old else {}), **{k: fn for k in kinds}}
+    SAMPLERS[name] = SamplerSpec(fns, description or (old.description if old else ""))
 
 
 def samplers_for(model: Any) -> list[str]:
@@ -65,13 +75,16 @@ def sample(
     top_p: float = 1.0,
     greedy: bool = False,
     *,
-    cfg_schedule: str = "constant",
+    cfg_schedule: str | None = None,
+    top_p_rule: str | None = None,
     generator: torch.Generator | None = None,
     **sampler_options: Any,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample codes for ``classes`` (a list/tensor of class ids, or t2i caption features).
 
-    Returns (codes, stats): codes (B, N) int64 for token-wise models. ``generator`` overrides ``seed``.
+    Returns (codes, stats): codes (B, N) int64 (scale-wise models: all scales, flat, in scale order).
+    ``generator`` overrides ``seed``. ``cfg_schedule`` / ``top_p_rule`` default to the model's own
+    conventions (``model.sampling_conventions``; LlamaGen: constant / hf, VAR: var / var).
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; available: {', '.join(SAMPLERS)}")
@@ -81,11 +94,16 @@ def sample(
         raise ConfigError(
             f"sampler {sampler!r} cannot drive a {kind!r} model; samplers for it: {', '.join(samplers_for(model)) or 'none'}"
         )
-    valid = (set(inspect.signature(spec.fn).parameters) - {"model", "cond", "opts", "rng"}) | _COMMON
+    fn = spec.fns[kind]
+    valid = (set(inspect.signature(fn).parameters) - {"model", "cond", "opts", "rng"}) | _COMMON
     unknown = sorted(set(sampler_options) - valid)
     if unknown:
         raise ConfigError(f"unknown option(s) for sampler {sampler!r}: {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    opts = SamplingOptions(cfg_scale, cfg_interval, cfg_schedule, temperature, top_k, top_p, greedy)
+    conventions = getattr(model, "sampling_conventions", {})
+    opts = SamplingOptions(
+        cfg_scale, cfg_interval, cfg_schedule or conventions.get("cfg_schedule", "constant"), temperature, top_k,
+        top_p, greedy, top_p_rule or conventions.get("top_p_rule", "hf"),
+    )
     cond = model.check_condition(classes)
     if cond.shape[0] == 0:
         raise ConfigError("no classes given: nothing to generate")
@@ -94,7 +112,7 @@ def sample(
     if generator is None:
         generator, used_seed = make_rng(seed, device)
     with torch.inference_mode():
-        codes, stats = spec.fn(model, cond, opts, generator, **sampler_options)
+        codes, stats = fn(model, cond, opts, generator, **sampler_options)
     stats.seed = used_seed
     return codes, stats
 

@@ -6,6 +6,11 @@ guided logits = uncond + (cond - uncond) * scale, guidance only when cfg_scale >
 stops guidance after a number of decode steps; logits are divided by max(temperature, 1e-5), then
 top-k (ties at the k-th value kept), then top-p on the top-k-filtered logits (HF style: the token that
 crosses the threshold is kept), softmax, multinomial.
+
+VAR's conventions are options of the same code (a model declares its defaults in
+``sampling_conventions``): ``cfg_schedule="var"`` guides step k of K with (1 + t) cond - t uncond,
+t = cfg_scale * k / (K - 1), so cfg 0 is unguided and cfg 1 still guides; ``top_p_rule="var"`` removes
+the tokens whose ascending cumulative probability is <= 1 - top_p.
 """
 from __future__ import annotations
 
@@ -16,14 +21,16 @@ import torch
 
 from argen.errors import ConfigError
 
-CFG_SCHEDULES = ("constant", "linear")
+CFG_SCHEDULES = ("constant", "linear", "var")
+TOP_P_RULES = ("hf", "var")
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
     """What every sampler takes. ``cfg_scale`` <= 1 means no guidance (official semantics);
     ``cfg_interval`` = -1 guides every token, k >= 0 guides tokens 0..k+1 only; ``cfg_schedule``
-    'linear' ramps the scale from 1 at the first token to ``cfg_scale`` at the last."""
+    'linear' ramps the scale from 1 at the first token to ``cfg_scale`` at the last, 'var' from 1 to
+    1 + ``cfg_scale`` (guided whenever cfg_scale > 0). ``top_p_rule``: 'hf' or 'var' (see module doc)."""
 
     cfg_scale: float = 1.0
     cfg_interval: int = -1
@@ -32,6 +39,7 @@ class SamplingOptions:
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
+    top_p_rule: str = "hf"
 
     def __post_init__(self) -> None:
         if not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
@@ -47,11 +55,13 @@ class SamplingOptions:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         p = self.top_p
         if not isinstance(p, (int, float)) or not (0 < p <= 1):
-            raise ConfigError(f"top_p must lie in (0, 1] (1 = off), got {p!r}")
+            raise ConfigError(f"top_p must lie in (0, 1] (1 = off; official VAR's top_p=0 is 1 here), got {p!r}")
+        if self.top_p_rule not in TOP_P_RULES:
+            raise ConfigError(f"top_p_rule must be one of {', '.join(TOP_P_RULES)}, got {self.top_p_rule!r}")
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale > 1.0
+        return self.cfg_scale > (0.0 if self.cfg_schedule == "var" else 1.0)
 
     @property
     def is_greedy(self) -> bool:
@@ -63,21 +73,26 @@ class SamplingOptions:
             return None
         if self.cfg_schedule == "linear":
             return 1.0 + (self.cfg_scale - 1.0) * index / max(total - 1, 1)
+        if self.cfg_schedule == "var":
+            return 1.0 + self.cfg_scale * (index / max(total - 1, 1))
         return float(self.cfg_scale)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on logits, in the official order of operations."""
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, extrapolate: bool = False) -> torch.Tensor:
+    """Classifier-free guidance on logits, in the official order of operations: LlamaGen's
+    uncond + (cond - uncond) * scale, or (``extrapolate``, VAR's) scale * cond - (scale - 1) * uncond."""
+    if extrapolate:
+        return scale * cond - (scale - 1.0) * uncond
     return uncond + (cond - uncond) * scale
 
 
-def split_guided(logits: torch.Tensor, scale: float | None) -> torch.Tensor:
+def split_guided(logits: torch.Tensor, scale: float | None, extrapolate: bool = False) -> torch.Tensor:
     """Combine a [cond ; uncond] batch of logits with ``scale`` (None: take the conditional half)."""
     cond, uncond = logits.chunk(2, dim=0)
-    return cond if scale is None else guide(cond, uncond, scale)
+    return cond if scale is None else guide(cond, uncond, scale, extrapolate)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -88,11 +103,17 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+def top_p_filter(logits: torch.Tensor, p: float, rule: str = "hf") -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose mass reaches ``p`` (the
-    token that crosses the threshold is kept; the most likely token always is)."""
+    token that crosses the threshold is kept; the most likely token always is). ``rule="var"``:
+    VAR's computation (ascending cumulative mass <= 1 - p removed), which differs at the boundary."""
     if p >= 1.0:
         return logits
+    if rule == "var":
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - p)
+        remove[..., -1] = False
+        return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     remove = cum > p
@@ -105,7 +126,7 @@ def process_logits(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     """Temperature, top-k, top-p on float32 logits (B, V) -> filtered logits."""
     logits = logits.float() / max(opts.temperature, 1e-5)
     logits = top_k_filter(logits, opts.top_k)
-    return top_p_filter(logits, opts.top_p)
+    return top_p_filter(logits, opts.top_p, opts.top_p_rule)
 
 
 def token_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:

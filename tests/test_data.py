@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from argen.data import SHAPE_NAMES, ImageFolderDataset, ShapesDataset, render_shape
+from argen.data.shapes import PALETTE
 from argen.errors import ConfigError
 
 
@@ -32,6 +33,17 @@ def test_shape_classes_differ_for_the_same_appearance():
     for i in range(len(masks)):
         for j in range(i):
             assert (masks[i] != masks[j]).mean() > 0.01, (SHAPE_NAMES[i], SHAPE_NAMES[j])
+
+
+def test_shapes_colour_modes():
+    palette = set(PALETTE.values())
+    for i in range(20):
+        img = np.asarray(ShapesDataset(32).render(i))
+        assert tuple(img[0, 0]) in palette  # background corner: an exact palette colour
+    cont = [tuple(np.asarray(ShapesDataset(32, colours="continuous").render(i))[0, 0]) for i in range(20)]
+    assert sum(c not in palette for c in cont) >= 18
+    with pytest.raises(ConfigError, match="colours must be one of palette, continuous"):
+        ShapesDataset(32, colours="rainbow")
 
 
 @pytest.mark.parametrize("res", [17, 64, 100])

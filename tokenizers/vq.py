@@ -19,7 +19,7 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.nn import attention
+from argen.tokenizers.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 
 PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4]),
@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class VQConfig:
     """The official VQ ``ModelArgs`` names, plus the Encoder/Decoder widths ``ch`` and ``num_res_blocks``
-    (hard-coded to 128 / 2 in the official VQModel)."""
+    (hard-coded to 128 / 2 in the official VQModel) and the GroupNorm ``norm_groups`` (official: 32)."""
 
     codebook_size: int = 16384
     codebook_embed_dim: int = 8
@@ -44,6 +44,7 @@ class VQConfig:
     dropout_p: float = 0.0
     ch: int = 128
     num_res_blocks: int = 2
+    norm_groups: int = 32
 
     def __post_init__(self) -> None:
         self.encoder_ch_mult = list(self.encoder_ch_mult)
@@ -51,8 +52,10 @@ class VQConfig:
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
             raise ConfigError("encoder_ch_mult and decoder_ch_mult must have the same number of levels")
         widths = [self.ch * m for m in self.encoder_ch_mult + self.decoder_ch_mult] + [self.ch]
-        if any(w % 32 for w in widths):
-            raise ConfigError(f"all channel widths must be multiples of 32 (GroupNorm groups); got {sorted(set(widths))}")
+        if any(w % self.norm_groups for w in widths):
+            raise ConfigError(
+                f"all channel widths must be multiples of norm_groups={self.norm_groups}; got {sorted(set(widths))}"
+            )
         if self.entropy_loss_ratio != 0.0:
             raise ConfigError("entropy_loss_ratio != 0 is not supported (every released tokenizer uses 0)")
 
@@ -65,71 +68,15 @@ class VQConfig:
         return 2 ** (len(self.encoder_ch_mult) - 1)
 
 
-def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-6, affine=True)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, dropout: float) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, 1, 1)
-        self.dropout = nn.Dropout(dropout)
-        if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        if hasattr(self, "nin_shortcut"):
-            x = self.nin_shortcut(x)
-        return x + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with separate 1x1 q/k/v convs (scale C^-0.5)."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.norm = _norm(c)
-        self.q, self.k, self.v = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
-        self.proj_out = nn.Conv2d(c, c, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = self.norm(x)
-        q, k, v = (m(y).reshape(b, 1, c, h * w).transpose(-1, -2) for m in (self.q, self.k, self.v))
-        out = attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj_out(out)
-
-
-class Downsample(nn.Module):
-    """Zero-pad right/bottom by one, then a stride-2 3x3 conv without padding."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 2, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 class _Level(nn.Module):
     """One resolution level: ResBlocks, attention after each (lowest resolution only), resampling."""
 
-    def __init__(self, cin: int, cout: int, n_res: int, attn: bool, dropout: float, resample: type | None) -> None:
+    def __init__(
+        self, cin: int, cout: int, n_res: int, attn: bool, dropout: float, resample: type | None, groups: int
+    ) -> None:
         super().__init__()
-        self.res = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, dropout) for i in range(n_res))
-        self.attn = nn.ModuleList(AttnBlock(cout) for _ in range(n_res if attn else 0))
+        self.res = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, dropout, groups) for i in range(n_res))
+        self.attn = nn.ModuleList(AttnBlock(cout, groups) for _ in range(n_res if attn else 0))
         if resample is Downsample:
             self.downsample = Downsample(cout)
         elif resample is Upsample:
@@ -147,23 +94,25 @@ class _Level(nn.Module):
         return h
 
 
-def _mid(c: int, dropout: float) -> nn.ModuleList:
-    return nn.ModuleList([ResnetBlock(c, c, dropout), AttnBlock(c), ResnetBlock(c, c, dropout)])
+def _mid(c: int, dropout: float, groups: int) -> nn.ModuleList:
+    return nn.ModuleList([ResnetBlock(c, c, dropout, groups), AttnBlock(c, groups), ResnetBlock(c, c, dropout, groups)])
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, dropout: float) -> None:
+    def __init__(
+        self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, dropout: float, groups: int = 32
+    ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
         n = len(ch_mult)
         ins = [ch] + [ch * m for m in ch_mult[:-1]]
         self.conv_blocks = nn.ModuleList(
-            _Level(ins[i], ch * ch_mult[i], num_res_blocks, i == n - 1, dropout, Downsample if i < n - 1 else None)
+            _Level(ins[i], ch * ch_mult[i], num_res_blocks, i == n - 1, dropout, Downsample if i < n - 1 else None, groups)
             for i in range(n)
         )
         c = ch * ch_mult[-1]
-        self.mid = _mid(c, dropout)
-        self.norm_out = _norm(c)
+        self.mid = _mid(c, dropout, groups)
+        self.norm_out = group_norm(c, groups)
         self.conv_out = nn.Conv2d(c, z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,19 +125,21 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, dropout: float) -> None:
+    def __init__(
+        self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, dropout: float, groups: int = 32
+    ) -> None:
         super().__init__()
         n = len(ch_mult)
         c = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, c, 3, 1, 1)
-        self.mid = _mid(c, dropout)
+        self.mid = _mid(c, dropout, groups)
         levels = []
         for i in range(n):
             cout = ch * ch_mult[n - 1 - i]
-            levels.append(_Level(c, cout, num_res_blocks + 1, i == 0, dropout, Upsample if i < n - 1 else None))
+            levels.append(_Level(c, cout, num_res_blocks + 1, i == 0, dropout, Upsample if i < n - 1 else None, groups))
             c = cout
         self.conv_blocks = nn.ModuleList(levels)
-        self.norm_out = _norm(c)
+        self.norm_out = group_norm(c, groups)
         self.conv_out = nn.Conv2d(c, 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -288,8 +239,8 @@ class VQTokenizer(Pretrained):
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.encoder = Encoder(c.ch, c.encoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p)
-        self.decoder = Decoder(c.ch, c.decoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p)
+        self.encoder = Encoder(c.ch, c.encoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p, c.norm_groups)
+        self.decoder = Decoder(c.ch, c.decoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p, c.norm_groups)
         self.quantize = VectorQuantizer(
             c.codebook_size, c.codebook_embed_dim, c.commit_loss_beta, c.codebook_l2_norm, c.codebook_show_usage
         )

@@ -2,6 +2,10 @@
 rotation and background, at any resolution, deterministic by (seed, index), infinite, with a
 held-out split drawn from a disjoint seed range.
 
+Colours are drawn from a 12-colour palette by default (``colours="palette"``): a small VQ codebook
+can represent them exactly, so what a small model must learn is the shape, not the colour shades.
+``colours="continuous"`` draws any hue/lightness/saturation (a harder set for tokenizers).
+
     ds = ShapesDataset(resolution=64, split="train")
     image, label = ds[123]          # (3, 64, 64) in [-1, 1], int in 0..9
     SHAPE_NAMES[label]
@@ -62,7 +66,24 @@ def _outline(name: str, r: float, rot: float) -> list[tuple[float, float]]:
     return [(x * c - y * s, x * s + y * c) for x, y in pts]
 
 
-def _colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+PALETTE = {
+    "black": (20, 20, 24), "white": (240, 240, 236), "grey": (128, 128, 128), "red": (214, 40, 40),
+    "orange": (245, 140, 30), "yellow": (240, 216, 40), "green": (40, 160, 64), "teal": (24, 150, 160),
+    "blue": (40, 84, 220), "purple": (130, 60, 196), "pink": (240, 140, 196), "brown": (116, 70, 36),
+}
+COLOUR_MODES = ("palette", "continuous")
+MIN_CONTRAST = 150.0  # Euclidean RGB distance between background and foreground palette colours
+
+
+def _palette_colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A background and a foreground palette colour that differ clearly."""
+    colours = list(PALETTE.values())
+    bg = rng.choice(colours)
+    fg = rng.choice([c for c in colours if math.dist(c, bg) >= MIN_CONTRAST])
+    return bg, fg
+
+
+def _continuous_colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """A background and a foreground colour that differ clearly in lightness."""
     def rgb(h, l, s):
         return tuple(int(round(255 * v)) for v in colorsys.hls_to_rgb(h, l, s))
@@ -74,11 +95,13 @@ def _colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, 
     return rgb(rng.random(), bg_light, rng.uniform(0.0, 0.8)), rgb(rng.random(), fg_light, rng.uniform(0.3, 1.0))
 
 
-def render_shape(label: int, resolution: int, rng: random.Random) -> Image.Image:
+def render_shape(label: int, resolution: int, rng: random.Random, colours: str = "palette") -> Image.Image:
     """One RGB image of shape class ``label`` with random appearance drawn from ``rng``."""
+    if colours not in COLOUR_MODES:
+        raise ConfigError(f"colours must be one of {', '.join(COLOUR_MODES)}, got {colours!r}")
     name = SHAPE_NAMES[label]
     size = resolution * SUPERSAMPLE
-    bg, fg = _colours(rng)
+    bg, fg = (_palette_colours if colours == "palette" else _continuous_colours)(rng)
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
     r = rng.uniform(0.22, 0.40) * size
@@ -111,12 +134,18 @@ class ShapesDataset(Dataset):
     num_classes = len(SHAPE_NAMES)
     class_names = SHAPE_NAMES
 
-    def __init__(self, resolution: int = 64, split: str = "train", length: int = 100_000, seed: int = 0) -> None:
+    def __init__(
+        self, resolution: int = 64, split: str = "train", length: int = 100_000, seed: int = 0,
+        colours: str = "palette",
+    ) -> None:
+        if colours not in COLOUR_MODES:
+            raise ConfigError(f"colours must be one of {', '.join(COLOUR_MODES)}, got {colours!r}")
         if split not in SPLIT_OFFSET:
             raise ConfigError(f"split must be one of {', '.join(SPLIT_OFFSET)}, got {split!r}")
         if resolution < 8:
             raise ConfigError(f"resolution must be at least 8 pixels, got {resolution}")
         self.resolution, self.split, self.length, self.seed = resolution, split, length, seed
+        self.colours = colours
 
     def __len__(self) -> int:
         return self.length
@@ -128,7 +157,7 @@ class ShapesDataset(Dataset):
         if index < 0:
             raise IndexError(index)
         rng = random.Random(f"argen-shapes/{self.seed}/{SPLIT_OFFSET[self.split] + index}")
-        return render_shape(self.label(index), self.resolution, rng)
+        return render_shape(self.label(index), self.resolution, rng, self.colours)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return image_to_tensor(self.render(int(index))), self.label(int(index))

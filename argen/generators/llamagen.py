@@ -25,7 +25,17 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.nn import KVCache, Linear, RMSNorm, SwiGLU, apply_rope, attention, llama_ffn_hidden, rope_2d_table
+from argen.nn import (
+    KVCache,
+    Linear,
+    RMSNorm,
+    SwiGLU,
+    apply_rope,
+    attention,
+    drop_path,
+    llama_ffn_hidden,
+    rope_2d_table,
+)
 
 # Released class-to-image configurations (official GPT_models); 3B uses head_dim 100.
 PRESETS: dict[str, dict[str, int]] = {
@@ -169,11 +179,7 @@ class TransformerBlock(nn.Module):
         self.drop_path = drop_path
 
     def _dp(self, x: torch.Tensor) -> torch.Tensor:
-        """Stochastic depth (training only): drop the residual branch per sample."""
-        if not self.training or self.drop_path == 0.0:
-            return x
-        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.drop_path
-        return x * keep / (1 - self.drop_path)
+        return drop_path(x, self.drop_path, self.training)
 
     def forward(self, x, rope, cache=None, layer=0, window=None):
         h = x + self._dp(self.attention(self.attention_norm(x), rope, cache, layer, window))

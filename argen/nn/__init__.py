@@ -1,4 +1,4 @@
-"""Shared neural-network blocks: attention, KV cache, RoPE, norms, MLPs."""
+"""Shared neural-network blocks: attention, KV cache, RoPE, norms, MLPs, stochastic depth."""
 from argen.nn.attention import (
     BACKENDS,
     attention,
@@ -8,6 +8,7 @@ from argen.nn.attention import (
     resolve_backend,
     set_attention_backend,
 )
+from argen.nn.drop import drop_path
 from argen.nn.kv_cache import CacheWindow, KVCache
 from argen.nn.linear import Linear, linear
 from argen.nn.mlp import SwiGLU, llama_ffn_hidden
@@ -22,6 +23,7 @@ __all__ = [
     "get_attention_backend",
     "resolve_backend",
     "set_attention_backend",
+    "drop_path",
     "CacheWindow",
     "KVCache",
     "Linear",

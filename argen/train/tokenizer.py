@@ -29,13 +29,14 @@ from argen.train.loop import (
     step_loader,
 )
 
+# 8 GroupNorm groups: at width 32 the official 32 groups would be instance norm, which erases flat colours
 PRESETS: dict[str, dict[str, Any]] = {
     # downsample 4: for tests and quick experiments
     "tiny": dict(ch=32, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2], num_res_blocks=1,
-                 z_channels=32, codebook_size=256, codebook_embed_dim=8),
+                 z_channels=32, codebook_size=256, codebook_embed_dim=8, norm_groups=8),
     # downsample 8 (64px -> 8x8 tokens): the bundled shapes tokenizer
     "small": dict(ch=32, encoder_ch_mult=[1, 1, 2, 2], decoder_ch_mult=[1, 1, 2, 2], num_res_blocks=1,
-                  z_channels=64, codebook_size=512, codebook_embed_dim=8),
+                  z_channels=64, codebook_size=1024, codebook_embed_dim=8, norm_groups=8),
 }
 
 

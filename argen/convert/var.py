@@ -1,0 +1,70 @@
+"""Official VAR checkpoints -> argen modules.
+
+argen's key names are the official ones, so conversion is unwrapping (flat ``.pth`` state dicts;
+training checkpoints under ``["trainer"]["var_wo_ddp"]`` / ``["trainer"]["vae_local"]``) and a strict
+load with clear messages.
+
+    vae = load_var_vae("vae_ch160v4096z32.pth")
+    var = load_var("var_d16.pth", "d16", vae=vae)        # bound to its VQ-VAE, eval mode
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from argen.convert.checkpoint import load_into, read_state_dict, unwrap
+from argen.convert.llamagen import Checkpoint
+from argen.errors import ConfigError
+from argen.generators.var import PRESETS as VAR_PRESETS
+from argen.generators.var import VAR, VARConfig
+from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
+
+
+def _state(checkpoint: Checkpoint, trainer_key: str) -> tuple[dict[str, torch.Tensor], str]:
+    source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
+    raw = read_state_dict(checkpoint)
+    if isinstance(raw, Mapping) and isinstance(raw.get("trainer"), Mapping):
+        raw = raw["trainer"]
+    return dict(unwrap(raw, (trainer_key, "model", "module", "state_dict"), source=source)), source
+
+
+def load_var_vae(
+    checkpoint: Checkpoint,
+    preset: str | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    **vae_args: Any,
+) -> MultiScaleVQVAE:
+    """Load the official multi-scale VQ-VAE (``vae_ch160v4096z32.pth``; preset
+    "vae_ch160v4096z32" or "vae_ch160v4096z32-512" for d36's scales, or the official VQVAE arguments)."""
+    cfg = MultiScaleVQConfig.preset(preset or (None if vae_args else "vae_ch160v4096z32"), **vae_args)
+    state, source = _state(checkpoint, "vae_local")
+    hits = state.get("quantize.ema_vocab_hit_SV")
+    if hits is not None and hits.shape[0] != len(cfg.v_patch_nums):
+        # a usage statistic of training, per scale: the official loader swaps it too
+        state["quantize.ema_vocab_hit_SV"] = torch.zeros(len(cfg.v_patch_nums), hits.shape[1], dtype=hits.dtype)
+    model = MultiScaleVQVAE.from_config(cfg, device="meta")
+    load_into(model, state, source=source)
+    return model.to(device).eval()
+
+
+def load_var(
+    checkpoint: Checkpoint,
+    preset: str | None = None,
+    *,
+    vae: MultiScaleVQVAE | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    **var_args: Any,
+) -> VAR:
+    """Load an official VAR transformer (``var_d16.pth`` ...; preset "d16" ... "d36", or the official
+    VAR arguments). With ``vae`` the model is bound to it (and checked against it). Strict, eval mode."""
+    if preset is None and "depth" not in var_args:
+        raise ConfigError(f"load_var needs a preset ({', '.join(VAR_PRESETS)}) or the model arguments (depth, ...)")
+    cfg = VARConfig.preset(preset, **var_args)
+    state, source = _state(checkpoint, "var_wo_ddp")
+    model = VAR.from_config(cfg, device="meta")
+    load_into(model, state, source=source)
+    model = model.to(device=device, dtype=dtype).eval()
+    return model.bind_tokenizer(vae) if vae is not None else model

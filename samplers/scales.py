@@ -1,0 +1,63 @@
+"""Next-scale sampling for scale-wise generators (VAR): one forward pass per scale with a KV cache,
+every token of a scale drawn at once.
+
+Matches the official ``autoregressive_infer_cfg`` (ids, guided logits and images; sampled ids too
+with the same seed, since the draws use one ``torch.Generator`` in the same order). Differences: with
+no guidance (cfg 0 under VAR's schedule) the unconditional half is not computed at all, and the
+options are the shared ones (temperature and greedy are extras; temperature 1 is the official).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from argen.samplers.ar import StepCallback
+from argen.samplers.logits import SamplingOptions, draw, split_guided
+from argen.samplers.stats import SamplerStats
+
+
+def sample_scales(
+    model,
+    cond: torch.Tensor,
+    opts: SamplingOptions,
+    rng: torch.Generator | None,
+    *,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    callback_every: int = 1,
+) -> tuple[torch.Tensor, SamplerStats]:
+    """Sample every scale of ``model.patch_nums``; returns flat codes (B, L) in scale order.
+
+    ``callback(n_scales_done, codes_so_far)`` runs after every ``callback_every`` scales.
+    """
+    start = time.perf_counter()
+    quant = model.tokenizer.quantize
+    patch_nums = model.patch_nums
+    b, n_scales = cond.shape[0], len(patch_nums)
+    guided = opts.guided
+    labels = torch.cat([cond, model.null_condition(b)]) if guided else cond
+    extrapolate = opts.cfg_schedule == "var"
+    cache = model.new_cache(labels.shape[0])
+    cnd = model.condition(labels)
+    x = model.first_scale_input(cnd)
+    stats = SamplerStats("ar", b, model.seq_len, guided_rows=labels.shape[0])
+    codes, f_hat = [], None
+    for si in tqdm(range(n_scales), disable=not progress, desc="scales", leave=False):
+        logits = model.step(x, cnd, cache)
+        stats.forward_passes += 1
+        if guided:
+            logits = split_guided(logits, opts.scale_at(si, n_scales), extrapolate)
+        ids = draw(logits, opts, rng)
+        codes.append(ids)
+        if si + 1 < n_scales:
+            f_hat, nxt = quant.next_input(si, f_hat, ids)
+            x = model.scale_input(nxt, si + 1)
+            if guided:
+                x = torch.cat([x, x])
+        if callback is not None and ((si + 1) % callback_every == 0 or si + 1 == n_scales):
+            callback(si + 1, torch.cat(codes, dim=1))
+    stats.wall_time_s = time.perf_counter() - start
+    stats.accepted_history = [float(p * p) for p in patch_nums]
+    return torch.cat(codes, dim=1), stats

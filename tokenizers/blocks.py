@@ -1,0 +1,89 @@
+"""Conv building blocks of the taming-style encoders/decoders used by the VQ tokenizers (LlamaGen's
+VQ and VAR's multi-scale VQ-VAE share them; only their attention blocks' parameter layouts differ)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from argen.nn import attention
+
+
+def group_norm(c: int, groups: int = 32) -> nn.GroupNorm:
+    """The official 32 groups; small models need fewer (32 groups of 1 channel = instance norm,
+    which erases each channel's mean and with it flat colours)."""
+    return nn.GroupNorm(groups, c, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0, groups: int = 32) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(cin, groups), nn.Conv2d(cin, cout, 3, 1, 1)
+        self.norm2, self.conv2 = group_norm(cout, groups), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.dropout = nn.Dropout(dropout)
+        if cin != cout:
+            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+def _spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head attention over the pixels of (B, C, H, W) maps, scale C^-0.5."""
+    b, c, h, w = q.shape
+    q, k, v = (t.reshape(b, 1, c, h * w).transpose(-1, -2) for t in (q, k, v))
+    return attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
+
+
+class AttnBlock(nn.Module):
+    """Spatial self-attention with separate 1x1 q/k/v convs (LlamaGen's layout)."""
+
+    def __init__(self, c: int, groups: int = 32) -> None:
+        super().__init__()
+        self.norm = group_norm(c, groups)
+        self.q, self.k, self.v = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+        self.proj_out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        return x + self.proj_out(_spatial_attention(self.q(y), self.k(y), self.v(y)))
+
+
+class FusedAttnBlock(nn.Module):
+    """Spatial self-attention with one fused 1x1 ``qkv`` conv (VAR's layout)."""
+
+    def __init__(self, c: int, groups: int = 32) -> None:
+        super().__init__()
+        self.norm = group_norm(c, groups)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.proj_out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        return x + self.proj_out(_spatial_attention(q, k, v))
+
+
+class Downsample(nn.Module):
+    """Zero-pad right/bottom by one, then a stride-2 3x3 conv without padding."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 2, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest x2, then a 3x3 conv."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
