@@ -137,6 +137,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_var(args: argparse.Namespace) -> int:
+    from argen.convert.var import load_var, load_var_vae
+    from argen.pipeline import ARPipeline
+
+    var_args = {**_json_file(args.var_config), **_kv(args.var_arg)}
+    vae_args = {**_json_file(args.vae_config), **_kv(args.vae_arg)}
+    vae = load_var_vae(args.vae_ckpt, None if vae_args else args.vae_model, **vae_args)
+    var = load_var(args.var_ckpt, None if var_args.get("depth") else args.var_model, vae=vae, **var_args)
+    defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "temperature": 1.0}
+    pipe = ARPipeline(var, vae, defaults=defaults, name=Path(args.out).name)
+    pipe.save_pretrained(args.out)
+    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": var.config.__dict__}))
+    return 0
+
+
 # -- train -----------------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace):
     from argen.train import TrainSettings
@@ -154,10 +169,17 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train import train_tokenizer
     from argen.train.tokenizer import tokenizer_config
 
-    cfg = tokenizer_config(args.preset, ch=args.ch, codebook_size=args.codebook_size,
-                           codebook_embed_dim=args.codebook_dim, z_channels=args.z_channels,
-                           num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups,
-                           encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult)
+    common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups)
+    if args.kind == "multiscale":
+        if args.codebook_dim is not None:
+            raise ConfigError("--codebook-dim is for --kind vq; a multi-scale VQ-VAE's code width is --z-channels")
+        cfg = tokenizer_config(args.preset, "multiscale", args.resolution, vocab_size=args.codebook_size,
+                               ch_mult=args.ch_mult, v_patch_nums=args.patch_nums, **common)
+    else:
+        if args.patch_nums is not None:
+            raise ConfigError("--patch-nums is for --kind multiscale")
+        cfg = tokenizer_config(args.preset, "vq", codebook_size=args.codebook_size, codebook_embed_dim=args.codebook_dim,
+                               encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult, **common)
     out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
                           perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
                           disc_start=args.disc_start, dead_code_threshold=args.dead_code_threshold)
@@ -169,7 +191,16 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from argen.train import train_generator
     from argen.train.generator import generator_config
 
-    model_args = generator_config(args.preset, dim=args.dim, n_layer=args.depth, n_head=args.heads)
+    from argen.modeling import CONFIG_NAME, read_json
+
+    tok_class = read_json(Path(args.tokenizer) / CONFIG_NAME, f"{args.tokenizer} is not a tokenizer folder "
+                          f"(no {CONFIG_NAME}); train one with `argen train tokenizer`").get("_class")
+    family = "var" if tok_class == "var-vqvae" else "llamagen"
+    if args.kind and args.kind != family:
+        raise ConfigError(f"--kind {args.kind} needs a {'multi-scale' if args.kind == 'var' else 'VQ'} tokenizer, "
+                          f"but {args.tokenizer} holds a {tok_class!r} (train it with --kind "
+                          f"{'multiscale' if args.kind == 'var' else 'vq'})")
+    model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads)
     defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
                           class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults)
@@ -226,13 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a tokenizer or a generator (accelerate; torchrun works too)")
     tsub = t.add_subparsers(dest="what", required=True)
-    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer")
+    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer (or VAR's multi-scale VQ-VAE)")
     _train_args(tt, steps=2000, batch=32, lr=2e-4)
+    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale"],
+                    help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE")
+    tt.add_argument("--patch-nums", type=int, nargs="+", help="multiscale: the scales (default: VAR's, cut at the latent size)")
     tt.add_argument("--ch", type=int)
     tt.add_argument("--ch-mult", type=int, nargs="+")
     tt.add_argument("--num-res-blocks", type=int)
     tt.add_argument("--z-channels", type=int)
-    tt.add_argument("--norm-groups", type=int, help="GroupNorm groups (official 32; the presets use 8 at width 32)")
+    tt.add_argument("--norm-groups", type=int, help="GroupNorm groups (official and default 32)")
     tt.add_argument("--codebook-size", type=int)
     tt.add_argument("--codebook-dim", type=int)
     tt.add_argument("--perceptual-weights", help="local torchvision vgg16 state dict for a perceptual loss")
@@ -242,10 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--dead-code-threshold", type=float, default=0.03,
                     help="re-seed codes used less than this fraction of a uniform share (0 = off)")
     tt.set_defaults(func=cmd_train_tokenizer)
-    tg = tsub.add_parser("generator", help="a LlamaGen-style generator on a trained tokenizer")
+    tg = tsub.add_parser("generator", help="a LlamaGen-style GPT (VQ tokenizer) or a VAR (multi-scale tokenizer)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)
     tg.add_argument("--tokenizer", required=True, help="folder written by `argen train tokenizer`")
-    tg.add_argument("--dim", type=int)
+    tg.add_argument("--kind", choices=["llamagen", "var"], help="generator family (default: from the tokenizer)")
+    tg.add_argument("--dim", type=int, help="width")
     tg.add_argument("--depth", type=int)
     tg.add_argument("--heads", type=int)
     tg.add_argument("--dropout", type=float, default=0.1)
@@ -276,6 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--top-k", type=int, default=2000, help="default top-k written to the model")
     lg.add_argument("--out", required=True)
     lg.set_defaults(func=cmd_convert)
+    vr = csub.add_parser("var", help="VAR transformer + multi-scale VQ-VAE")
+    vr.add_argument("--var-ckpt", required=True, help="var_d16.pth ... (or a training checkpoint)")
+    vr.add_argument("--vae-ckpt", required=True, help="vae_ch160v4096z32.pth")
+    vr.add_argument("--var-model", default="d16", help="d16, d20, d24, d30, d36")
+    vr.add_argument("--vae-model", default="vae_ch160v4096z32", help="vae_ch160v4096z32 or vae_ch160v4096z32-512 (d36)")
+    vr.add_argument("--var-config", help="JSON file of official VAR arguments (for custom sizes)")
+    vr.add_argument("--var-arg", action="append", help="official VAR key=value (repeatable)")
+    vr.add_argument("--vae-config", help="JSON file of official VQVAE arguments")
+    vr.add_argument("--vae-arg", action="append", help="VQVAE key=value (repeatable)")
+    vr.add_argument("--cfg", type=float, default=4.0, help="default guidance written to the model (VAR's ramp)")
+    vr.add_argument("--top-k", type=int, default=900)
+    vr.add_argument("--top-p", type=float, default=0.95)
+    vr.add_argument("--out", required=True)
+    vr.set_defaults(func=cmd_convert_var)
     return p
 
 

@@ -37,6 +37,9 @@ class ARPipeline:
     ) -> None:
         self.generator = generator.eval()
         self.tokenizer = tokenizer.eval()
+        if getattr(generator, "kind", None) == "scale":  # a scale-wise model builds its inputs with the tokenizer
+            generator.bind_tokenizer(tokenizer)
+            image_size = image_size or tokenizer.image_size
         grid = getattr(generator, "token_grid", None)
         self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else None)
         if grid and self.image_size and tokenizer.latent_grid(self.image_size) != tuple(grid):
@@ -120,10 +123,14 @@ class ARPipeline:
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped)."""
+        """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped). Scale-wise codes are flat, in scale order."""
+        dev = self.tokenizer_device
+        if self.tokenizer.kind == "multiscale":
+            outs = [self.tokenizer.decode(codes[i : i + batch_size].to(dev)) for i in range(0, codes.shape[0], batch_size)]
+            return torch.cat(outs).clamp(-1, 1)
         grid = tuple(self.generator.token_grid)
         outs = [
-            self.tokenizer.decode(codes[i : i + batch_size].view(-1, *grid).to(self.tokenizer_device), grid)
+            self.tokenizer.decode(codes[i : i + batch_size].view(-1, *grid).to(dev), grid)
             for i in range(0, codes.shape[0], batch_size)
         ]
         return torch.cat(outs).clamp(-1, 1)

@@ -49,6 +49,27 @@ def _llamagen(size: str, preset: str, params: str, res: int, fid: str) -> ZooEnt
     )
 
 
+VAR_REPO = "FoundationVision/var"
+# official demo settings (cfg 4, top_k 900, top_p 0.95); the FID protocol uses cfg 1.5, top_p 0.96
+VAR_DEMO = {"cfg_scale": 4.0, "top_k": 900, "top_p": 0.95, "temperature": 1.0}
+
+
+def _var(depth: int, params: str, fid: str) -> ZooEntry:
+    res = 512 if depth == 36 else 256
+    return ZooEntry(
+        name=f"var-d{depth}",
+        family="var",
+        description=f"VAR-d{depth} class-to-image, ImageNet {res}px, next-scale prediction in 10 steps (FID {fid})",
+        image_size=res,
+        repo_id=VAR_REPO,
+        files={"generator": f"var_d{depth}.pth", "tokenizer": "vae_ch160v4096z32.pth"},
+        generator_args={"preset": f"d{depth}"},
+        tokenizer_args={"preset": "vae_ch160v4096z32-512" if res == 512 else "vae_ch160v4096z32"},
+        defaults=dict(VAR_DEMO),
+        params=params,
+    )
+
+
 OFFICIAL: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -59,6 +80,11 @@ OFFICIAL: dict[str, ZooEntry] = {
         _llamagen("XL", "GPT-XL", "775M", 384, "2.62"),
         _llamagen("XXL", "GPT-XXL", "1.4B", 384, "2.34"),
         _llamagen("3B", "GPT-3B", "3.1B", 384, "2.18"),
+        _var(16, "310M", "3.55"),
+        _var(20, "601M", "2.95"),
+        _var(24, "1.0B", "2.33"),
+        _var(30, "2.0B", "1.97"),
+        _var(36, "2.4B", "2.63 @512"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name
@@ -84,7 +110,15 @@ def _build_llamagen(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> A
     return ARPipeline(gen, tok, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
 
 
-BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen}
+def _build_var(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
+    from argen.convert.var import load_var, load_var_vae
+
+    vae = load_var_vae(paths["tokenizer"], **entry.tokenizer_args, device=device)
+    gen = load_var(paths["generator"], **entry.generator_args, vae=vae, device=device, dtype=dtype)
+    return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+
+
+BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var}
 
 
 ASSETS = Path(os.environ.get("ARGEN_ASSETS", Path(__file__).resolve().parents[1] / "assets"))

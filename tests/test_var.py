@@ -173,3 +173,107 @@ def test_bad_input(vae, var_case):
         vae.decode([torch.full((1, p, p), 64) for p in (1, 2, 3, 4)])
     with pytest.raises(ConfigError, match="codes 16x16 images"):
         vae.encode(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def var_official_files(tmp_path_factory):
+    """The tiny fixture weights written as official flat .pth state dicts, plus their configs."""
+    d = tmp_path_factory.mktemp("var_official")
+    torch.save(fixture_weights("var_tiny"), d / "var.pth")
+    torch.save(fixture_weights("var_tiny_vqvae"), d / "vae.pth")
+    cfg = _config("var_tiny")
+    (d / "var.json").write_text(json.dumps({**cfg["var"], "vocab_size": 64, "Cvae": 8, "drop_path_rate": 0.0}))
+    (d / "vae.json").write_text(json.dumps({k: v for k, v in cfg["vae"].items() if k != "image_size"}))
+    return d
+
+
+def test_pipeline_zoo_entry_save_and_load(var_official_files, monkeypatch, tmp_path):
+    import argen
+    from argen import zoo
+
+    d = var_official_files
+    entry = zoo.ZooEntry(
+        name="var-tiny-test", family="var", description="test", image_size=16, repo_id="FoundationVision/var",
+        files={"generator": "var.pth", "tokenizer": "vae.pth"},
+        generator_args=json.loads((d / "var.json").read_text()),
+        tokenizer_args=json.loads((d / "vae.json").read_text()), defaults={"cfg_scale": 4.0, "top_k": 1},
+    )
+    monkeypatch.setitem(zoo.OFFICIAL, entry.name, entry)
+    pipe = argen.load(entry.name, checkpoint_dir=d)
+    io = fixture_io("var_tiny")
+    codes = pipe.generate(io["labels"].tolist(), output_type="codes")
+    assert torch.equal(codes, io["infer_greedy_cfg4.ids"])
+    images = pipe.generate(io["labels"].tolist(), output_type="pt")
+    torch.testing.assert_close(images.add(1).mul(0.5), io["infer_greedy_cfg4.image"], atol=ATOL, rtol=RTOL)
+    assert pipe.last_stats.forward_passes == 4
+    pipe.save_pretrained(tmp_path / "saved")
+    again = argen.load(tmp_path / "saved")
+    assert torch.equal(again.generate(io["labels"].tolist(), output_type="codes"), codes)
+    pil = again.generate([0, 1, 2], seed=1, cfg_scale=1.5, top_k=20)
+    assert len(pil) == 3 and pil[0].size == (16, 16)
+
+
+def test_cli_convert_var_then_generate(var_official_files, tmp_path):
+    from test_cli import run_cli
+
+    d = var_official_files
+    out = tmp_path / "tiny-var"
+    r = run_cli("convert", "var", "--var-ckpt", d / "var.pth", "--vae-ckpt", d / "vae.pth",
+                "--var-config", d / "var.json", "--vae-config", d / "vae.json", "--out", out)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("generate", "--model", out, "--classes", "3", "7", "-n", "2", "--seed", "0", "--out",
+                tmp_path / "grid.png", "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["images"] == 4
+    r = run_cli("convert", "var", "--var-ckpt", d / "vae.pth", "--vae-ckpt", d / "vae.pth",
+                "--var-config", d / "var.json", "--vae-config", d / "vae.json", "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "missing keys" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_multiscale_training_steps_reduce_the_losses():
+    from argen.train.generator import generator_config, next_token_loss
+    from argen.train.tokenizer import patch_nums_for, tokenizer_config, vq_loss
+    from test_train import _batch
+
+    torch.manual_seed(0)
+    cfg = tokenizer_config("tiny", "multiscale", resolution=16)
+    assert cfg.v_patch_nums == [1, 2, 3, 4] and patch_nums_for(16) == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+    vae = MultiScaleVQVAE(cfg)
+    images, labels = _batch()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    before, _, _ = vq_loss(vae, images)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after, _, _ = vq_loss(vae, images)
+    assert after < before
+    model = VAR(VARConfig(**generator_config("tiny", "var"), vocab_size=cfg.vocab_size, num_classes=10,
+                          Cvae=cfg.z_channels, patch_nums=cfg.v_patch_nums))
+    model.init_weights()
+    model.bind_tokenizer(vae.eval()).eval()
+    with torch.no_grad():
+        codes = vae.flatten_codes(vae.encode(images))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = next_token_loss(model, codes, labels)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = next_token_loss(model, codes, labels)
+    assert after < before
+
+
+def test_cli_trains_a_var_on_shapes(tmp_path):
+    from test_cli import run_cli
+
+    common = ["--resolution", "16", "--steps", "3", "--batch-size", "4", "--warmup-steps", "1",
+              "--sample-every", "3", "--checkpoint-every", "3", "-q"]
+    r = run_cli("train", "tokenizer", "--kind", "multiscale", "--preset", "tiny", "--out", tmp_path / "msvq", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "generator", "--kind", "llamagen", "--tokenizer", tmp_path / "msvq", "--out", tmp_path / "x", *common)
+    assert r.returncode == 2 and "--kind llamagen needs a VQ tokenizer" in r.stderr
+    r = run_cli("train", "generator", "--kind", "var", "--tokenizer", tmp_path / "msvq", "--preset", "tiny",
+                "--out", tmp_path / "var", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("generate", "--model", tmp_path / "var", "--classes", "star", "ring", "--seed", "0",
+                "--out", tmp_path / "grid.png", "-q")
+    assert r.returncode == 0, r.stderr and (tmp_path / "grid.png").is_file()

@@ -22,6 +22,7 @@ from torch import nn
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
 from argen.tokenizers.blocks import Downsample, FusedAttnBlock, ResnetBlock, Upsample, group_norm
+from argen.tokenizers.codebook import CodeRestarts
 
 PATCH_NUMS_256 = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
 PATCH_NUMS_512 = [1, 2, 3, 4, 6, 9, 13, 18, 24, 32]
@@ -207,7 +208,7 @@ class _PhiShared(nn.Module):
         return self.qresi
 
 
-class MultiScaleQuantizer(nn.Module):
+class MultiScaleQuantizer(CodeRestarts):
     """Residual quantisation over scales, and the maps between codes, latents and the VAR inputs."""
 
     def __init__(self, cfg: MultiScaleVQConfig) -> None:
@@ -217,6 +218,8 @@ class MultiScaleQuantizer(nn.Module):
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)
         nn.init.uniform_(self.embedding.weight, -1 / cfg.vocab_size, 1 / cfg.vocab_size)
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), cfg.vocab_size))
+        self.n_e = cfg.vocab_size
+        self._init_restarts(cfg.vocab_size)
 
         def phi() -> nn.Module:
             return Phi(cfg.z_channels, cfg.quant_resi) if abs(cfg.quant_resi) > 1e-6 else nn.Identity()
@@ -307,12 +310,13 @@ class MultiScaleQuantizer(nn.Module):
         f_ng = f.detach()
         rest, f_hat = f_ng.clone(), torch.zeros_like(f)
         codebook = commit = f.new_zeros(())
-        ids_all = []
+        ids_all, zs = [], []
         last = len(self.patch_nums) - 1
         for si, pn in enumerate(self.patch_nums):
             z = F.interpolate(rest, size=(pn, pn), mode="area") if si != last else rest
+            zs.append(z.permute(0, 2, 3, 1).reshape(-1, c))
             with torch.no_grad():
-                ids = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn, pn)
+                ids = self.nearest(zs[-1]).view(b, pn, pn)
             contrib = self.upsample_scale(self.lookup(ids, pn), si)
             f_hat = f_hat + contrib
             rest = rest - contrib.detach()
@@ -320,6 +324,7 @@ class MultiScaleQuantizer(nn.Module):
             commit = commit + self.beta * F.mse_loss(f_hat.detach(), f)
             ids_all.append(ids)
         n = len(self.patch_nums)
+        self.remember(torch.cat(zs), torch.cat([i.flatten() for i in ids_all]))
         return f + (f_hat - f).detach(), ids_all, {"codebook": codebook / n, "commit": commit / n}
 
     def _check_latent(self, h: int, w: int) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
 from argen.tokenizers.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from argen.tokenizers.codebook import CodeRestarts
 
 PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4]),
@@ -151,7 +152,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(CodeRestarts):
     """Nearest-code lookup; with ``l2_norm`` both latents and codes are unit vectors."""
 
     def __init__(self, n_e: int, e_dim: int, beta: float, l2_norm: bool, show_usage: bool) -> None:
@@ -164,34 +165,7 @@ class VectorQuantizer(nn.Module):
                 self.embedding.weight.copy_(F.normalize(self.embedding.weight, p=2, dim=-1))
         if show_usage:
             self.register_buffer("codebook_used", torch.zeros(65536))
-        # training only: codes whose hit rate (EMA, per latent) falls below this are re-seeded from
-        # current latents; 0 = off. Not part of the config or the checkpoint.
-        self.dead_code_threshold = 0.0
-        self.register_buffer("usage", torch.ones(n_e) / n_e, persistent=False)
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def init_buffers(self) -> None:
-        self.usage = torch.ones(self.n_e, device=self.embedding.weight.device) / self.n_e
-
-    @torch.no_grad()
-    def restart_dead_codes(self) -> int:
-        """Re-seed rarely used codes with random latents of the last training batch (keeps the
-        codebook in use). Call it after the optimiser step; returns how many codes were re-seeded."""
-        if self._pending is None:
-            return 0
-        latents, ids = self._pending
-        self._pending = None
-        hits = torch.bincount(ids.flatten(), minlength=self.n_e).float() / ids.numel()
-        self.usage.mul_(0.95).add_(hits, alpha=0.05)
-        dead = self.usage < self.dead_code_threshold / self.n_e
-        if dead.any():
-            pick = torch.randint(0, latents.shape[0], (int(dead.sum()),), device=latents.device)
-            self.embedding.weight[dead] = latents[pick].to(self.embedding.weight.dtype)
-            self.usage[dead] = 1.0 / self.n_e
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(self.embedding.weight.data, 0)
-            torch.distributed.broadcast(self.usage, 0)
-        return int(dead.sum())
+        self._init_restarts(n_e)
 
     def codebook(self) -> torch.Tensor:
         w = self.embedding.weight
@@ -220,8 +194,7 @@ class VectorQuantizer(nn.Module):
             "codebook": F.mse_loss(zq, zn.detach()),
             "commit": self.beta * F.mse_loss(zq.detach(), zn),
         }
-        if self.training and self.dead_code_threshold > 0:
-            self._pending = (zn.detach().permute(0, 2, 3, 1).reshape(-1, self.e_dim), ids.detach())
+        self.remember(zn.permute(0, 2, 3, 1).reshape(-1, self.e_dim), ids)
         if self.training and hasattr(self, "codebook_used"):
             flat = ids.flatten()
             n = min(flat.numel(), self.codebook_used.numel())

@@ -1,4 +1,5 @@
-"""Generators: token-wise (LlamaGen), later scale-wise (VAR, FlowAR) and continuous (MAR)."""
+"""Generators: token-wise (LlamaGen), scale-wise (VAR; later FlowAR) and, later, continuous (MAR)."""
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
+from argen.generators.var import VAR, VARConfig
 
-__all__ = ["LlamaGen", "LlamaGenConfig"]
+__all__ = ["LlamaGen", "LlamaGenConfig", "VAR", "VARConfig"]

@@ -1,6 +1,7 @@
-"""Training a LlamaGen-style token generator on a trained tokenizer's codes: next-token cross-entropy,
-class dropout (the CFG null class), EMA of the weights. Result: an argen pretrained pipeline folder
-(generator = EMA weights, tokenizer, sampling defaults, class names) that ``argen.load`` takes."""
+"""Training a generator on a trained tokenizer's codes: a LlamaGen-style GPT on a VQ tokenizer
+(next-token cross-entropy) or a VAR transformer on a multi-scale VQ-VAE (next-scale cross-entropy),
+with class dropout (the CFG null class) and an EMA of the weights. Result: an argen pretrained pipeline
+folder (generator = EMA weights, tokenizer, sampling defaults, class names) that ``argen.load`` takes."""
 from __future__ import annotations
 
 import copy
@@ -16,9 +17,11 @@ from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
+from argen.generators.var import VAR, VARConfig
 from argen.images import make_grid
 from argen.modeling import Pretrained
 from argen.pipeline import ARPipeline
+from argen.tokenizers.msvq import MultiScaleVQVAE
 from argen.tokenizers.vq import VQTokenizer
 from argen.train.data import check_stride, make_dataset
 from argen.train.loop import (
@@ -37,16 +40,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=64, n_layer=2, n_head=4, multiple_of=32),
     "small": dict(dim=256, n_layer=6, n_head=8, multiple_of=64),
 }
+VAR_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(depth=2, embed_dim=64, num_heads=4),
+    "small": dict(depth=5, embed_dim=256, num_heads=8, shared_aln=True),
+}
+# the CLI's width/depth/heads flags in each family's argument names
+_FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "depth", "num_heads")}
 
 
-def generator_config(preset: str, **overrides: Any) -> dict[str, Any]:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(PRESETS)}")
-    return {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None, **overrides: Any) -> dict[str, Any]:
+    """Model arguments of a training preset for ``family`` ('llamagen' or 'var'), with overrides."""
+    presets = {"llamagen": PRESETS, "var": VAR_PRESETS}.get(family)
+    if presets is None:
+        raise ConfigError(f"unknown generator family {family!r}; known: llamagen, var")
+    if preset not in presets:
+        raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(presets)}")
+    flags = dict(zip(_FLAG_NAMES[family], (width, depth, heads)))
+    return {**presets[preset], **{k: v for k, v in {**flags, **overrides}.items() if v is not None}}
 
 
 def next_token_loss(model: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced cross-entropy of codes (B, N) given the classes."""
+    """Teacher-forced cross-entropy of codes (B, N) given the classes (token-wise: next token;
+    scale-wise: every scale from the coarser ones)."""
     logits = model(codes, labels)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
 
@@ -65,26 +80,40 @@ def train_generator(
     pipeline folder to ``settings.out`` and return it."""
     out = Path(settings.out)
     tok = Pretrained.from_pretrained(tokenizer_dir)
-    if not isinstance(tok, VQTokenizer):
-        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ tokenizer")
+    if not isinstance(tok, (VQTokenizer, MultiScaleVQVAE)):
+        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ or multi-scale VQ tokenizer")
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
     h, w = tok.latent_grid(settings.resolution)
-    if h != w:
-        raise ConfigError("LlamaGen's 2D RoPE needs a square token grid")
-    cfg = LlamaGenConfig(
-        **model_args,
-        vocab_size=tok.codebook_size,
-        block_size=h * w,
-        num_classes=len(class_names),
-        class_dropout_prob=class_dropout,
-        token_dropout_p=dropout,
-        resid_dropout_p=dropout,
-        ffn_dropout_p=dropout,
-    )
-    model = LlamaGen(cfg)
-    model.init_weights()
+    if isinstance(tok, MultiScaleVQVAE):
+        cfg = VARConfig(
+            **model_args,
+            vocab_size=tok.codebook_size,
+            num_classes=len(class_names),
+            Cvae=tok.config.z_channels,
+            patch_nums=tok.patch_nums,
+            cond_drop_rate=class_dropout,
+            drop_rate=dropout,
+        )
+        model = VAR(cfg)
+        model.init_weights()
+        model.bind_tokenizer(tok)
+    else:
+        if h != w:
+            raise ConfigError("LlamaGen's 2D RoPE needs a square token grid")
+        cfg = LlamaGenConfig(
+            **model_args,
+            vocab_size=tok.codebook_size,
+            block_size=h * w,
+            num_classes=len(class_names),
+            class_dropout_prob=class_dropout,
+            token_dropout_p=dropout,
+            resid_dropout_p=dropout,
+            ffn_dropout_p=dropout,
+        )
+        model = LlamaGen(cfg)
+        model.init_weights()
     ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
@@ -104,7 +133,8 @@ def train_generator(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
         with torch.no_grad():
-            codes = tok.encode(images.to(acc.device)).flatten(1)
+            codes = tok.encode(images.to(acc.device))
+            codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
         with acc.autocast():
             loss = next_token_loss(model, codes, labels.to(acc.device))
         opt.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
-"""Training a LlamaGen-style VQ tokenizer: reconstruction (MSE) + codebook + commitment losses,
-optionally a VGG feature (perceptual) loss from locally available weights and a PatchGAN hinge
-adversarial loss. Result: an argen tokenizer folder (config.json + model.safetensors)."""
+"""Training a VQ tokenizer -- LlamaGen's (``kind="vq"``) or VAR's multi-scale VQ-VAE
+(``kind="multiscale"``): reconstruction (MSE) + codebook + commitment losses, optionally a VGG
+feature (perceptual) loss from locally available weights and a PatchGAN hinge adversarial loss.
+Result: an argen tokenizer folder (config.json + model.safetensors)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 
 from argen.images import make_grid, to_pil
 from argen.modeling import build_config
+from argen.errors import ConfigError
+from argen.tokenizers.msvq import PATCH_NUMS_256, MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 from argen.train.data import check_stride, make_dataset
 from argen.train.loop import (
@@ -29,21 +32,45 @@ from argen.train.loop import (
     step_loader,
 )
 
-# 8 GroupNorm groups: at width 32 the official 32 groups would be instance norm, which erases flat colours
 PRESETS: dict[str, dict[str, Any]] = {
     # downsample 4: for tests and quick experiments
     "tiny": dict(ch=32, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2], num_res_blocks=1,
-                 z_channels=32, codebook_size=256, codebook_embed_dim=8, norm_groups=8),
+                 z_channels=32, codebook_size=256, codebook_embed_dim=8),
     # downsample 8 (64px -> 8x8 tokens): the bundled shapes tokenizer
     "small": dict(ch=32, encoder_ch_mult=[1, 1, 2, 2], decoder_ch_mult=[1, 1, 2, 2], num_res_blocks=1,
-                  z_channels=64, codebook_size=1024, codebook_embed_dim=8, norm_groups=8),
+                  z_channels=64, codebook_size=1024, codebook_embed_dim=8),
 }
 
 
-def tokenizer_config(preset: str, **overrides: Any) -> VQConfig:
-    """A training preset with the options that were given (None = keep the preset's value)."""
+# multi-scale VQ-VAE presets (VAR's quantiser; the scales follow from the resolution, see patch_nums_for)
+MULTISCALE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=16, vocab_size=256),
+    "small": dict(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1, z_channels=32, vocab_size=1024),
+}
+KINDS = ("vq", "multiscale")
+
+
+def patch_nums_for(latent: int) -> list[int]:
+    """VAR-style scales ending at the latent size: VAR's 256px list (1, 2, 3, 4, 5, 6, 8, 10, 13,
+    16) cut at ``latent`` (so 8 -> 1..6, 8), with ``latent`` itself as the last scale."""
+    nums = [p for p in PATCH_NUMS_256 if p < latent]
+    return nums + [latent]
+
+
+def tokenizer_config(
+    preset: str, kind: str = "vq", resolution: int | None = None, **overrides: Any
+) -> VQConfig | MultiScaleVQConfig:
+    """A training preset with the options that were given (None = keep the preset's value). For the
+    multi-scale kind, ``v_patch_nums`` defaults to :func:`patch_nums_for` the latent size at ``resolution``."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    return build_config(VQConfig, PRESETS, preset, given, "tokenizer")
+    if kind == "vq":
+        return build_config(VQConfig, PRESETS, preset, given, "tokenizer")
+    if kind != "multiscale":
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; known: {', '.join(KINDS)}")
+    cfg = build_config(MultiScaleVQConfig, MULTISCALE_PRESETS, preset, given, "multi-scale tokenizer")
+    if "v_patch_nums" not in given and resolution:
+        cfg.v_patch_nums = patch_nums_for(resolution // cfg.downsample)
+    return cfg
 
 
 class PatchDiscriminator(nn.Module):
@@ -108,7 +135,7 @@ def vq_loss(
 
 def train_tokenizer(
     settings: TrainSettings,
-    config: VQConfig,
+    config: VQConfig | MultiScaleVQConfig,
     *,
     perceptual_weights: str | None = None,
     perceptual_weight: float = 1.0,
@@ -116,14 +143,19 @@ def train_tokenizer(
     disc_start: int = 0,
     dead_code_threshold: float = 0.03,
 ) -> Path:
-    """Train a VQ tokenizer; write the result to ``settings.out`` and return that folder.
-    ``dead_code_threshold``: codes hit less than this fraction of a uniform share are re-seeded."""
+    """Train a VQ tokenizer (the config's type picks LlamaGen's VQ or VAR's multi-scale VQ-VAE); write
+    the result to ``settings.out`` and return that folder. ``dead_code_threshold``: codes hit
+    less than this fraction of a uniform share are re-seeded."""
     out = Path(settings.out)
     check_stride(settings.resolution, config.downsample)
+    if isinstance(config, MultiScaleVQConfig):
+        model = MultiScaleVQVAE(config)
+        model.latent_grid(settings.resolution)  # the last scale must be the latent size
+    else:
+        model = VQTokenizer(config)
+    model.quantize.dead_code_threshold = dead_code_threshold
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
-    model = VQTokenizer(config)
-    model.quantize.dead_code_threshold = dead_code_threshold
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     modules: dict[str, Any] = {"tokenizer": model}
     optims: dict[str, Any] = {"tokenizer": opt}
@@ -198,7 +230,7 @@ def train_tokenizer(
 
 
 @torch.no_grad()
-def _sample_grid(model: VQTokenizer, images: torch.Tensor, path: Path) -> None:
+def _sample_grid(model: VQTokenizer | MultiScaleVQVAE, images: torch.Tensor, path: Path) -> None:
     model.eval()
     recon = model.decode(model.encode(images)).clamp(-1, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
