@@ -51,6 +51,7 @@ class ARPipeline:
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name
         self.last_stats = None
+        self.last_codes: torch.Tensor | None = None  # the codes behind the last generated images
 
     # -- devices -----------------------------------------------------------------------------
     @property
@@ -115,7 +116,7 @@ class ARPipeline:
             raise ConfigError("no classes given: nothing to generate")
         stats.seed = used_seed
         self.last_stats = stats
-        all_codes = torch.cat(codes)
+        all_codes = self.last_codes = torch.cat(codes)
         if output_type == "codes":
             return all_codes
         images = self.decode(all_codes)

@@ -35,8 +35,8 @@ def main(tok_run: str, gen_run: str, dest: str) -> None:
 A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {pipe.generator.config.n_layer} layers,
 width {pipe.generator.config.dim}) over the codes of a VQ tokenizer ({n_tok / 1e6:.2f}M parameters, downsample
 {pipe.tokenizer.downsample}, {pipe.tokenizer.codebook_size} codes; 64x64 images -> 8x8 tokens), both trained from
-scratch on argen's synthetic **shapes** set (10 classes: {", ".join(SHAPE_NAMES)}; random colours, size, position,
-rotation and background; anti-aliased). It exists so that `argen generate` works offline, at once, on a CPU.
+scratch on argen's synthetic **shapes** set (10 classes: {", ".join(SHAPE_NAMES)}; random foreground and
+background colours from a 12-colour palette, random size, position and rotation; anti-aliased). It exists so that `argen generate` works offline, at once, on a CPU.
 
 ```bash
 argen generate                      # 10 classes, a grid PNG

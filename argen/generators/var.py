@@ -24,7 +24,7 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.nn import KVCache, attention, drop_path
+from argen.nn import KVCache, Linear, attention, drop_path, linear
 from argen.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,14 +105,14 @@ class SelfAttention(nn.Module):
             self.max_scale_mul = math.log(100)
         else:
             self.scale = 0.25 / math.sqrt(self.head_dim)
-        self.proj = nn.Linear(c, c)
+        self.proj = Linear(c, c)
         self.attn_drop = cfg.attn_drop_rate
         self.proj_drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int, window) -> torch.Tensor:
         b, n, c = x.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
         if self.l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
@@ -127,7 +127,7 @@ class FFN(nn.Module):
     def __init__(self, cfg: VARConfig) -> None:
         super().__init__()
         hidden = round(cfg.embed_dim * cfg.mlp_ratio)
-        self.fc1, self.fc2 = nn.Linear(cfg.embed_dim, hidden), nn.Linear(hidden, cfg.embed_dim)
+        self.fc1, self.fc2 = Linear(cfg.embed_dim, hidden), Linear(hidden, cfg.embed_dim)
         self.drop = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +146,7 @@ class AdaLNSelfAttn(nn.Module):
         if self.shared:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, c) / c**0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(c, 6 * c))
         self.drop_path = drop_path_rate
 
     def forward(self, x: torch.Tensor, ada: torch.Tensor, mask, cache: KVCache | None = None, layer: int = 0,
@@ -168,14 +168,14 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.C = c
         self.ln_wo_grad = nn.LayerNorm(c, eps=eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * c))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(c, 2 * c))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
         return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
 
 
-class SharedAdaLin(nn.Linear):
+class SharedAdaLin(Linear):
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         return super().forward(cond).view(-1, 1, 6, self.out_features // 6)
 
@@ -205,7 +205,7 @@ class VAR(Pretrained):
         C, L = c.embed_dim, c.seq_len
         self.first_l = c.patch_nums[0] ** 2
         init_std = math.sqrt(1 / C / 3)
-        self.word_embed = nn.Linear(c.Cvae, C)
+        self.word_embed = Linear(c.Cvae, C)
         self.class_emb = nn.Embedding(c.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
@@ -216,7 +216,7 @@ class VAR(Pretrained):
         rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]
         self.blocks = nn.ModuleList(AdaLNSelfAttn(c, r) for r in rates)
         self.head_nm = AdaLNBeforeHead(C, c.norm_eps)
-        self.head = nn.Linear(C, c.vocab_size)
+        self.head = Linear(C, c.vocab_size)
         self.init_buffers()
         self._tokenizer: tuple = ()
 

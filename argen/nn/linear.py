@@ -11,9 +11,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     W @ x^T with a contiguous x than as F.linear's x @ W^T (measured in benchmarks/bench_ar.py); the
     result is a transposed view holding the same values."""
     rows = x.numel() // x.shape[-1]
-    if 1 < rows <= 64 and bias is None and x.device.type == "cpu" and x.dtype == torch.float32:
+    if 1 < rows <= 64 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
         x2 = x.reshape(rows, x.shape[-1]).contiguous()
-        return torch.mm(weight, x2.t()).t().view(*x.shape[:-1], weight.shape[0])
+        y = torch.mm(weight, x2.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x2.t())
+        return y.t().view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
