@@ -119,7 +119,11 @@ class ARPipeline:
         all_codes = self.last_codes = torch.cat(codes)
         if output_type == "codes":
             return all_codes
-        images = self.decode(all_codes)
+        if stats.latents is not None:  # the sampler's image is not a function of its codes (more_smooth)
+            with torch.inference_mode():
+                images = self.tokenizer.decode_latents(stats.latents.to(self.tokenizer_device)).clamp(-1, 1)
+        else:
+            images = self.decode(all_codes)
         return images if output_type == "pt" else to_pil(images)
 
     @torch.inference_mode()

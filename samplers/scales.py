@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from argen.samplers.ar import StepCallback
-from argen.samplers.logits import SamplingOptions, draw, split_guided
+from argen.samplers.logits import SamplingOptions, draw, process_logits, split_guided
 from argen.samplers.stats import SamplerStats
 
 
@@ -24,12 +24,16 @@ def sample_scales(
     opts: SamplingOptions,
     rng: torch.Generator | None,
     *,
+    more_smooth: bool = False,
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 1,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample every scale of ``model.patch_nums``; returns flat codes (B, L) in scale order.
 
+    ``more_smooth`` (official option, for visuals): each scale enters the next ones as a Gumbel-softmax
+    mixture of code vectors instead of its drawn codes; the image is then decoded from that chain's
+    latent (``stats.latents``, which the pipeline uses), not from the returned codes.
     ``callback(n_scales_done, codes_so_far)`` runs after every ``callback_every`` scales.
     """
     start = time.perf_counter()
@@ -51,8 +55,17 @@ def sample_scales(
             logits = split_guided(logits, opts.scale_at(si, n_scales), extrapolate)
         ids = draw(logits, opts, rng)
         codes.append(ids)
-        if si + 1 < n_scales:
+        if more_smooth:
+            pn = patch_nums[si]
+            ratio = si / max(n_scales - 1, 1)
+            tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # MaskGIT-style annealing, as the official
+            gumbel = -torch.empty_like(logits).exponential_(generator=rng).log()
+            soft = ((process_logits(logits, opts) * (1 + ratio) + gumbel) / tau).softmax(dim=-1)
+            h = (soft @ quant.embedding.weight).transpose(1, 2).reshape(b, -1, pn, pn)
+            f_hat, nxt = quant.next_input(si, f_hat, h)
+        elif si + 1 < n_scales:
             f_hat, nxt = quant.next_input(si, f_hat, ids)
+        if si + 1 < n_scales:
             x = model.scale_input(nxt, si + 1)
             if guided:
                 x = torch.cat([x, x])
@@ -60,4 +73,6 @@ def sample_scales(
             callback(si + 1, torch.cat(codes, dim=1))
     stats.wall_time_s = time.perf_counter() - start
     stats.accepted_history = [float(p * p) for p in patch_nums]
+    if more_smooth:
+        stats.latents = f_hat
     return torch.cat(codes, dim=1), stats

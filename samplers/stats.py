@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -15,6 +16,8 @@ class SamplerStats:
     guided_rows: int = 0  # rows per pass including the CFG half at the start
     accepted_history: list[float] = field(default_factory=list)  # mean tokens accepted per pass
     batches: int = 1  # sequential sampler calls merged into these stats
+    # the latents to decode when they are not a function of the codes (VAR's more_smooth), else None
+    latents: Any = field(default=None, repr=False)
 
     @property
     def tokens_per_pass(self) -> float:
@@ -32,11 +35,14 @@ class SamplerStats:
         self.wall_time_s += other.wall_time_s
         self.accepted_history += other.accepted_history
         self.batches += other.batches
+        if self.latents is not None and other.latents is not None:
+            import torch
+
+            self.latents = torch.cat([self.latents, other.latents])
         return self
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("accepted_history")
+        d = {k: v for k, v in asdict(self).items() if k not in ("accepted_history", "latents")}
         d["tokens_per_pass"] = self.tokens_per_pass
         d["tokens_per_second"] = self.tokens_per_second
         return d

@@ -277,3 +277,21 @@ def test_cli_trains_a_var_on_shapes(tmp_path):
     r = run_cli("generate", "--model", tmp_path / "var", "--classes", "star", "ring", "--seed", "0",
                 "--out", tmp_path / "grid.png", "-q")
     assert r.returncode == 0, r.stderr and (tmp_path / "grid.png").is_file()
+
+
+def test_more_smooth_decodes_its_own_chain(var_case):
+    _, model, io = var_case
+    from argen.pipeline import ARPipeline
+
+    pipe = ARPipeline(model, model.tokenizer)
+    a = pipe.generate([1, 2], seed=5, cfg_scale=1.5, top_k=10, more_smooth=True, output_type="pt")
+    stats = pipe.last_stats
+    assert stats.latents is not None and json.dumps(stats.as_dict())
+    b = pipe.generate([1, 2], seed=5, cfg_scale=1.5, top_k=10, more_smooth=True, output_type="pt")
+    torch.testing.assert_close(a, b)
+    smooth_codes = pipe.last_codes
+    with torch.no_grad():
+        from_codes = model.tokenizer.decode(smooth_codes)
+    assert (a - from_codes).abs().max() > 1e-3  # the soft chain is not the drawn codes
+    plain = pipe.generate([1, 2], seed=5, cfg_scale=1.5, top_k=10, output_type="codes")
+    assert torch.equal(plain[:, :1], smooth_codes[:, :1])  # the first scale is drawn the same way

@@ -282,8 +282,10 @@ class MultiScaleQuantizer(CodeRestarts):
 
     def next_input(self, si: int, f_hat: torch.Tensor | None, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """After sampling scale ``si``: add its contribution to f_hat and return (f_hat, the next
-        scale's VAR input (B, pn_next^2, C), or f_hat itself after the last scale)."""
-        contrib = self.upsample_scale(self.lookup(ids, self.patch_nums[si]), si)
+        scale's VAR input (B, pn_next^2, C), or f_hat itself after the last scale). ``ids`` are the
+        scale's code ids, or (floats) its code vectors (B, C, pn, pn) (e.g. a soft mixture of codes)."""
+        h = ids if ids.is_floating_point() else self.lookup(ids, self.patch_nums[si])
+        contrib = self.upsample_scale(h, si)
         f_hat = contrib if f_hat is None else f_hat + contrib
         if si == len(self.patch_nums) - 1:
             return f_hat, f_hat
