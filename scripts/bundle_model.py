@@ -13,7 +13,28 @@ from argen.data import SHAPE_NAMES
 from argen.images import make_grid
 
 
-def main(tok_run: str, gen_run: str, dest: str) -> None:
+def describe(pipe) -> str:
+    """The model card's first paragraph, for a token-wise or a scale-wise bundled model."""
+    gen, tok = pipe.generator, pipe.tokenizer
+    n_gen = sum(p.numel() for p in gen.parameters())
+    n_tok = sum(p.numel() for p in tok.parameters())
+    data = (f"argen's synthetic **shapes** set (10 classes: {', '.join(SHAPE_NAMES)}; random foreground and "
+            "background colours from a 12-colour palette, random size, position and rotation; anti-aliased)")
+    if gen.kind == "scale":
+        c = gen.config
+        return (f"A VAR-style class-conditional next-scale transformer ({n_gen / 1e6:.2f}M parameters, depth {c.depth}, "
+                f"width {c.embed_dim}{', shared AdaLN' if c.shared_aln else ''}) over the codes of a multi-scale VQ-VAE "
+                f"({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, {tok.codebook_size} codes, scales "
+                f"{', '.join(map(str, tok.patch_nums))}: {gen.seq_len} tokens in {len(tok.patch_nums)} steps), both "
+                f"trained from scratch on {data}.")
+    g = gen.token_grid
+    return (f"A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {gen.config.n_layer} layers, "
+            f"width {gen.config.dim}) over the codes of a VQ tokenizer ({n_tok / 1e6:.2f}M parameters, downsample "
+            f"{tok.downsample}, {tok.codebook_size} codes; {pipe.image_size}x{pipe.image_size} images -> {g[0]}x{g[1]} "
+            f"tokens), both trained from scratch on {data}.")
+
+
+def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh") -> None:
     tok_run, gen_run, dest = Path(tok_run), Path(gen_run), Path(dest)
     pipe = argen.load(gen_run)
     if dest.exists():
@@ -27,20 +48,18 @@ def main(tok_run: str, gen_run: str, dest: str) -> None:
         check=True, capture_output=True, text=True).stdout)
     tok_info = json.loads((tok_run / "train.json").read_text())
     gen_info = json.loads((gen_run / "train.json").read_text())
-    script = Path("scripts/build_bundled.sh").read_text()
-    n_gen = sum(p.numel() for p in pipe.generator.parameters())
-    n_tok = sum(p.numel() for p in pipe.tokenizer.parameters())
-    card = f"""# shapes-llamagen: argen's bundled default model
+    script_text = Path(script).read_text()
+    default = dest.name == "shapes-llamagen"
+    usage = ("argen generate                      # 10 classes, a grid PNG\n"
+             "argen generate --classes star heart -n 8 --seed 1") if default else (
+             f"argen generate --model {dest.name}                # 10 classes, a grid PNG\n"
+             f"argen generate --model {dest.name} --classes star heart -n 8 --seed 1")
+    card = f"""# {dest.name}: {"argen's bundled default model" if default else "a bundled argen model"}
 
-A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {pipe.generator.config.n_layer} layers,
-width {pipe.generator.config.dim}) over the codes of a VQ tokenizer ({n_tok / 1e6:.2f}M parameters, downsample
-{pipe.tokenizer.downsample}, {pipe.tokenizer.codebook_size} codes; 64x64 images -> 8x8 tokens), both trained from
-scratch on argen's synthetic **shapes** set (10 classes: {", ".join(SHAPE_NAMES)}; random foreground and
-background colours from a 12-colour palette, random size, position and rotation; anti-aliased). It exists so that `argen generate` works offline, at once, on a CPU.
+{describe(pipe)} It exists so that argen works offline, at once, on a CPU.
 
 ```bash
-argen generate                      # 10 classes, a grid PNG
-argen generate --classes star heart -n 8 --seed 1
+{usage}
 ```
 
 ## Training (on the 2-core CPU of argen's development machine)
@@ -51,10 +70,10 @@ argen generate --classes star heart -n 8 --seed 1
 | generator | {gen_info["steps"]} | {gen_info["settings"]["batch_size"]} | {", ".join(f"{k} {v:.4f}" for k, v in gen_info["final_losses"].items())} | {gen_info["train_time_s"] / 60:.1f} min |
 
 Data: `ShapesDataset(64, "train")`, items 0 .. steps x batch (deterministic by index). The generator
-weights are the EMA (decay {gen_info["ema_decay"]}). The exact commands (`scripts/build_bundled.sh`):
+weights are the EMA (decay {gen_info["ema_decay"]}). The exact commands (`{script}`):
 
 ```bash
-{script.split("set -euo pipefail", 1)[1].split('cd "$(dirname "$0")/.."', 1)[1].strip()}
+{script_text.split("set -euo pipefail", 1)[1].split('cd "$(dirname "$0")/.."', 1)[1].strip()}
 ```
 
 ## Sampling defaults
@@ -66,7 +85,7 @@ weights are the EMA (decay {gen_info["ema_decay"]}). The exact commands (`script
 A small CNN trained on shapes ({quality["classifier_held_out_accuracy"]:.1%} accuracy on held-out shapes)
 classifies {quality["images"]} generated images (20 per class, seed {quality["seed"]}, the defaults above):
 **{quality["generated_accuracy"]:.1%}** are recognised as the requested class
-(`python benchmarks/shapes_quality.py --model shapes-llamagen`).
+(`python benchmarks/shapes_quality.py --model {dest.name}`).
 
 | class | accuracy |
 |---|---|
@@ -80,4 +99,4 @@ classifies {quality["images"]} generated images (20 per class, seed {quality["se
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
