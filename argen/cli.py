@@ -73,6 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             cfg_scale=args.cfg,
             cfg_interval=args.cfg_interval,
             cfg_schedule=args.cfg_schedule,
+            top_p_rule=args.top_p_rule,
             top_k=args.top_k,
             top_p=args.top_p,
             temperature=args.temperature,
@@ -237,9 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sampler", default="ar")
-    g.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
-    g.add_argument("--cfg-schedule", choices=["constant", "linear"])
+    g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")
+    g.add_argument("--top-p-rule", choices=["hf", "var"], help="default: the model's own")
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
     g.add_argument("--temperature", type=float)
