@@ -90,7 +90,9 @@ class Pretrained(nn.Module):
             model = cls(config)
         return model
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, *, storage_dtype: torch.dtype | None = None) -> Path:
+        """Write config.json + model.safetensors. ``storage_dtype`` (e.g. torch.float16) stores the
+        floating-point tensors in that type to halve the file; loading casts them back to the model's."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -98,6 +100,12 @@ class Pretrained(nn.Module):
         cfg = {"_class": self.registry_name, **config_to_dict(self.config)}
         (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu().clone() for k, v in self.state_dict().items()}
+        if storage_dtype is not None:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    if not torch.isfinite(v.to(storage_dtype)).all():
+                        raise ConfigError(f"{k} does not fit in {storage_dtype}")
+                    state[k] = v.to(storage_dtype)
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "argen_class": self.registry_name})
         return directory
 

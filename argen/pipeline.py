@@ -145,10 +145,12 @@ class ARPipeline:
         return next(self.tokenizer.parameters()).device
 
     # -- save / load -------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, *, generator_dtype: torch.dtype | None = None) -> Path:
+        """Write the folder; ``generator_dtype`` (e.g. torch.float16) stores the generator's weights in
+        that type (they are cast back on loading)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.generator.save_pretrained(directory / "generator")
+        self.generator.save_pretrained(directory / "generator", storage_dtype=generator_dtype)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         index = {
             "_argen_version": __version__,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import argen
 from argen.data import SHAPE_NAMES
 from argen.images import make_grid
@@ -40,7 +42,8 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
     if dest.exists():
         shutil.rmtree(dest)
     pipe.name = dest.name
-    pipe.save_pretrained(dest)
+    pipe.save_pretrained(dest, generator_dtype=torch.float16)  # under 20 MB; loaded back as float32
+    pipe = argen.load(dest)  # the card describes what ships
     grid = pipe.generate([c for c in range(10) for _ in range(4)], seed=0)
     make_grid(grid, ncols=8).save(dest / "samples.png")
     quality = json.loads(subprocess.run(
@@ -70,7 +73,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
 | generator | {gen_info["steps"]} | {gen_info["settings"]["batch_size"]} | {", ".join(f"{k} {v:.4f}" for k, v in gen_info["final_losses"].items())} | {gen_info["train_time_s"] / 60:.1f} min |
 
 Data: `ShapesDataset(64, "train")`, items 0 .. steps x batch (deterministic by index). The generator
-weights are the EMA (decay {gen_info["ema_decay"]}). The exact commands (`{script}`):
+weights are the EMA (decay {gen_info["ema_decay"]}), stored in float16 (argen loads them as float32). The exact commands (`{script}`):
 
 ```bash
 {script_text.split("set -euo pipefail", 1)[1].split('cd "$(dirname "$0")/.."', 1)[1].strip()}

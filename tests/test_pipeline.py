@@ -57,6 +57,19 @@ def test_save_load_round_trip(tiny_pipe, tmp_path):
         loaded.generate(["dog"])
 
 
+def test_generator_stored_in_float16_loads_as_float32(tiny_pipe, tmp_path):
+    from safetensors import safe_open
+
+    tiny_pipe.save_pretrained(tmp_path / "half", generator_dtype=torch.float16)
+    with safe_open(str(tmp_path / "half" / "generator" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("output.weight").dtype == torch.float16
+    loaded = argen.load(tmp_path / "half")
+    w = loaded.generator.output.weight
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, tiny_pipe.generator.output.weight.half().float())
+    assert loaded.generate([1, 2], seed=0, output_type="codes").shape == (2, 16)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(UnknownModelError, match="unknown model 'llamagen-gpt-z'.*llamagen-gpt-b"):
         argen.load("llamagen-gpt-z")
