@@ -1,6 +1,7 @@
 """Class accuracy of a model's generated shapes, judged by a small CNN trained on the shapes set.
 
     python benchmarks/shapes_quality.py --model shapes-llamagen --per-class 20 --out results.json
+    python benchmarks/shapes_quality.py --model DIR --judge judge.pt -o cfg_scale=4 -o top_k=50   # sweeps
 
 The classifier trains here in a few minutes (its held-out accuracy is printed with the result), then
 classifies ``per-class`` generated images of every class. Writes JSON: classifier held-out accuracy,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +62,22 @@ def main() -> None:
     p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", "-o", action="append", default=[], help="sampling option key=value")
+    p.add_argument("--judge", help="file to keep the trained classifier in (reused when it exists)")
     p.add_argument("--out")
     args = p.parse_args()
     opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
 
     pipe = argen.load(args.model)
     t0 = time.time()
-    net, held_out = train_classifier(pipe.image_size, args.classifier_steps)
+    if args.judge and Path(args.judge).is_file():  # a classifier trained by an earlier run
+        saved = torch.load(args.judge, weights_only=True)
+        net, held_out = classifier(), saved["held_out"]
+        net.load_state_dict(saved["state"])
+        net.eval()
+    else:
+        net, held_out = train_classifier(pipe.image_size, args.classifier_steps)
+        if args.judge:
+            torch.save({"state": net.state_dict(), "held_out": held_out}, args.judge)
     t_cls = time.time() - t0
     classes = [c for c in range(len(SHAPE_NAMES)) for _ in range(args.per_class)]
     t0 = time.time()
