@@ -10,4 +10,4 @@ argen train tokenizer --kind multiscale --data shapes --preset small --resolutio
 argen train generator --kind var --tokenizer "$RUNS/shapes-msvq" --data shapes --preset small --resolution 64 \
   --steps 2000 --batch-size 16 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
   --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-var"
-python scripts/bundle_model.py "$RUNS/shapes-msvq" "$RUNS/shapes-var" assets/shapes-var scripts/build_bundled_var.sh
+python scripts/bundle_model.py "$RUNS/shapes-msvq" "$RUNS/shapes-var" assets/shapes-var --script scripts/build_bundled_var.sh

@@ -36,9 +36,14 @@ def describe(pipe) -> str:
             f"tokens), both trained from scratch on {data}.")
 
 
-def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh") -> None:
+def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh",
+         defaults: dict | None = None, judge: str | None = None) -> None:
+    """``defaults``: sampling defaults to ship instead of the training run's (chosen by measuring
+    with benchmarks/shapes_quality.py); ``judge``: a cached shapes classifier file to reuse."""
     tok_run, gen_run, dest = Path(tok_run), Path(gen_run), Path(dest)
     pipe = argen.load(gen_run)
+    if defaults:
+        pipe.defaults = {**pipe.defaults, **defaults}
     if dest.exists():
         shutil.rmtree(dest)
     pipe.name = dest.name
@@ -47,7 +52,8 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
     grid = pipe.generate([c for c in range(10) for _ in range(4)], seed=0)
     make_grid(grid, ncols=8).save(dest / "samples.png")
     quality = json.loads(subprocess.run(
-        [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest), "--per-class", "20"],
+        [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest), "--per-class", "20",
+         *(["--judge", judge] if judge else [])],
         check=True, capture_output=True, text=True).stdout)
     tok_info = json.loads((tok_run / "train.json").read_text())
     gen_info = json.loads((gen_run / "train.json").read_text())
@@ -102,4 +108,14 @@ classifies {quality["images"]} generated images (20 per class, seed {quality["se
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("tokenizer_run")
+    ap.add_argument("generator_run")
+    ap.add_argument("dest")
+    ap.add_argument("--script", default="scripts/build_bundled.sh", help="the build script quoted in the card")
+    ap.add_argument("--defaults", type=json.loads, help="sampling defaults to ship, JSON")
+    ap.add_argument("--judge", help="cached classifier file for benchmarks/shapes_quality.py")
+    a = ap.parse_args()
+    main(a.tokenizer_run, a.generator_run, a.dest, a.script, a.defaults, a.judge)
