@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.errors import ConfigError
+from argen.generators.condition import check_class_ids
 from argen.modeling import Pretrained, build_config, register
 from argen.nn import (
     KVCache,
@@ -262,16 +263,8 @@ class LlamaGen(Pretrained):
         """Validate classes (c2i: integer ids in range) or caption features (t2i)."""
         c = self.config
         if c.model_type == "c2i":
-            cond = torch.as_tensor(cond, device=self.tok_embeddings.weight.device)
-            if cond.numel() == 0:
-                raise ConfigError("no classes given: nothing to generate")
-            if cond.dim() != 1 or cond.is_floating_point():
-                raise ConfigError(f"classes must be a 1-D list of integer ids, got shape {tuple(cond.shape)}")
-            hi = c.num_classes + int(allow_null and c.class_dropout_prob > 0)
-            bad = [int(x) for x in cond.tolist() if not 0 <= x < hi]
-            if bad:
-                raise ConfigError(f"class id(s) {bad} out of range: this model has classes 0..{c.num_classes - 1}")
-            return cond.long()
+            null = allow_null and c.class_dropout_prob > 0
+            return check_class_ids(cond, c.num_classes, self.tok_embeddings.weight.device, null)
         if cond.dim() != 3 or cond.shape[1:] != (c.cls_token_num, c.caption_dim):
             raise ConfigError(
                 f"t2i condition must be caption features (B, {c.cls_token_num}, {c.caption_dim}), "

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.errors import ConfigError
+from argen.generators.condition import check_class_ids
 from argen.modeling import Pretrained, build_config, register
 from argen.nn import KVCache, Linear, attention, drop_path, linear
 from argen.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
@@ -306,16 +307,7 @@ class VAR(Pretrained):
         return torch.full((batch_size,), self.config.num_classes, dtype=torch.long, device=self.head.weight.device)
 
     def check_condition(self, cond: Any, allow_null: bool = False) -> torch.Tensor:
-        cond = torch.as_tensor(cond, device=self.head.weight.device)
-        if cond.numel() == 0:
-            raise ConfigError("no classes given: nothing to generate")
-        if cond.dim() != 1 or cond.is_floating_point():
-            raise ConfigError(f"classes must be a 1-D list of integer ids, got shape {tuple(cond.shape)}")
-        hi = self.config.num_classes + int(allow_null)
-        bad = [int(x) for x in cond.tolist() if not 0 <= x < hi]
-        if bad:
-            raise ConfigError(f"class id(s) {bad} out of range: this model has classes 0..{self.config.num_classes - 1}")
-        return cond.long()
+        return check_class_ids(cond, self.config.num_classes, self.head.weight.device, allow_null)
 
     # -- forward passes ----------------------------------------------------------------------------
     def condition(self, labels: torch.Tensor) -> ScaleCondition:
