@@ -7,14 +7,15 @@ the outputs comparable id for id:
 
 * batch [cond ; uncond] for every scale (also at cfg 0 and at the first scale, where t = 0);
 * per block and scale the AdaLN projection of the class embedding is recomputed;
-* q/k/v through ``F.linear`` with the concatenated (q, zero, v) bias; L2-normalised q, k;
+* every linear layer through ``F.linear`` (the official ``nn.Linear``; argen's ``Linear`` modules are
+  only used for their weights here); q/k/v with the concatenated (q, zero, v) bias; L2-normalised q, k;
 * the KV cache grows by ``torch.cat`` along the sequence for every scale and layer;
 * attention is the explicit ``softmax(q @ k^T) @ v`` (the official ``slow_attn``; the fused kernels
   are only taken on GPUs with flash-attn / xformers);
 * CFG ``(1 + t) cond - t uncond`` with t = cfg * si / (K - 1); top-k by ``topk`` + masked fill, top-p
   by an ascending sort, softmax, ``torch.multinomial`` with the seeded generator;
 * the next scale's input from the VQ-VAE (bicubic up, phi, area down), and the final image by the
-  VQ-VAE decoder, clamped and mapped to [0, 1].
+  VQ-VAE decoder with its official nearest-x2-then-conv upsampling, clamped and mapped to [0, 1].
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from argen.samplers.logits import top_k_filter, top_p_filter
+from argen.tokenizers.blocks import Upsample
 
 
 def _block(blk, x: torch.Tensor, cond: torch.Tensor, shared: torch.Tensor | None, cache: list) -> torch.Tensor:
@@ -29,7 +31,7 @@ def _block(blk, x: torch.Tensor, cond: torch.Tensor, shared: torch.Tensor | None
     if shared is not None:
         g1, g2, s1, s2, b1, b2 = (blk.ada_gss + shared).unbind(2)
     else:
-        g1, g2, s1, s2, b1, b2 = blk.ada_lin(cond).view(-1, 1, 6, C).unbind(2)
+        g1, g2, s1, s2, b1, b2 = _lin(blk.ada_lin[1], F.silu(cond)).view(-1, 1, 6, C).unbind(2)
     att = blk.attn
     h = blk.ln_wo_grad(x).mul(s1.add(1)).add_(b1)
     b, n, _ = h.shape
@@ -43,8 +45,13 @@ def _block(blk, x: torch.Tensor, cond: torch.Tensor, shared: torch.Tensor | None
         v = torch.cat([cache[1], v], dim=2)
     cache[:] = [k, v]
     a = (q.mul(att.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-    x = x + att.proj(a.transpose(1, 2).reshape(b, n, C)).mul_(g1)
-    return x + blk.ffn(blk.ln_wo_grad(x).mul(s2.add(1)).add_(b2)).mul(g2)
+    x = x + _lin(att.proj, a.transpose(1, 2).reshape(b, n, C)).mul_(g1)
+    h = blk.ln_wo_grad(x).mul(s2.add(1)).add_(b2)
+    return x + _lin(blk.ffn.fc2, F.gelu(_lin(blk.ffn.fc1, h), approximate="tanh")).mul(g2)
+
+
+def _lin(layer, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
 
 
 @torch.no_grad()
@@ -64,11 +71,13 @@ def official_var_generate(model, labels: torch.Tensor, cfg: float, top_k: int, t
     cur, f_hat, ids_all = 0, None, []
     for si, pn in enumerate(pns):
         cur += pn * pn
-        shared = model.shared_ada_lin(emb) if model.config.shared_aln else None
+        shared = _lin(model.shared_ada_lin[1], F.silu(emb)).view(-1, 1, 6, model.config.embed_dim) if model.config.shared_aln else None
         h = x
         for blk, cache in zip(model.blocks, caches):
             h = _block(blk, h, emb, shared, cache)
-        logits = model.head(model.head_nm(h.float(), emb).float()).float()
+        nm = model.head_nm
+        scale, shift = _lin(nm.ada_lin[1], F.silu(emb)).view(-1, 1, 2, nm.C).unbind(2)
+        logits = _lin(model.head, nm.ln_wo_grad(h.float()).mul(scale.add(1)).add_(shift)).float()
         t = cfg * si / (n_scales - 1)
         logits = (1 + t) * logits[:b] - t * logits[b:]
         logits = top_p_filter(top_k_filter(logits, top_k), top_p, "var")
@@ -76,6 +85,13 @@ def official_var_generate(model, labels: torch.Tensor, cfg: float, top_k: int, t
         ids_all.append(ids)
         f_hat, nxt = quant.next_input(si, f_hat, ids)
         if si + 1 < n_scales:
-            x = (model.word_embed(nxt) + lvl_pos[:, cur : cur + pns[si + 1] ** 2]).repeat(2, 1, 1)
-    images = vae.decoder(vae.post_quant_conv(f_hat)).clamp(-1, 1).add(1).mul(0.5)
+            x = (_lin(model.word_embed, nxt) + lvl_pos[:, cur : cur + pns[si + 1] ** 2]).repeat(2, 1, 1)
+    ups = [m for m in vae.decoder.modules() if isinstance(m, Upsample)]
+    for m in ups:
+        m.subpixel = False
+    try:
+        images = vae.decoder(vae.post_quant_conv(f_hat)).clamp(-1, 1).add(1).mul(0.5)
+    finally:
+        for m in ups:
+            m.subpixel = True
     return torch.cat(ids_all, dim=1), images

@@ -21,7 +21,7 @@ def describe(pipe) -> str:
     n_gen = sum(p.numel() for p in gen.parameters())
     n_tok = sum(p.numel() for p in tok.parameters())
     data = (f"argen's synthetic **shapes** set (10 classes: {', '.join(SHAPE_NAMES)}; random foreground and "
-            "background colours from a 12-colour palette, random size, position and rotation; anti-aliased)")
+            "background colours from a 6-colour palette, random size, position and rotation; anti-aliased)")
     if gen.kind == "scale":
         c = gen.config
         return (f"A VAR-style class-conditional next-scale transformer ({n_gen / 1e6:.2f}M parameters, depth {c.depth}, "

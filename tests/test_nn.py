@@ -163,3 +163,36 @@ def test_rmsnorm_cast_order_in_bf16():
 def test_swiglu_hidden_widths_of_released_models():
     hidden = {name: llama_ffn_hidden(p["dim"]) for name, p in PRESETS.items()}
     assert hidden == {"GPT-B": 2048, "GPT-L": 2816, "GPT-XL": 3584, "GPT-XXL": 4096, "GPT-3B": 8704}
+
+
+@pytest.mark.parametrize("shape,bias", [((2, 3, 5, 7), True), ((1, 16, 8, 8), False)])
+def test_upsample_conv_equals_nearest_then_conv(shape, bias):
+    from argen.tokenizers.blocks import Upsample, upsample_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    w, b = torch.randn(shape[1], shape[1], 3, 3), torch.randn(shape[1]) if bias else None
+    ref = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0), w, b, padding=1)
+    torch.testing.assert_close(upsample_conv(x, w, b), ref, rtol=1e-5, atol=1e-4)
+    up = Upsample(shape[1])
+    with torch.no_grad():
+        fast = up(x)
+        up.subpixel = False
+        official = up(x)
+    torch.testing.assert_close(fast, official, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(up(x).detach(), official)  # with grad: nearest + conv, as trained
+
+
+@pytest.mark.parametrize("rows", [1, 2, 64, 65, 256, 257])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_fast_path_equals_f_linear(rows, bias):
+    from argen.nn.linear import Linear, linear
+
+    torch.manual_seed(rows)
+    x, w = torch.randn(rows, 1, 48), torch.randn(80, 48)
+    b = torch.randn(80) if bias else None
+    y = linear(x, w, b)
+    assert y.shape == (rows, 1, 80)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    layer = Linear(48, 80, bias=bias)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)

@@ -78,12 +78,36 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
+# Nearest x2 then a 3x3 conv equals, per output phase (a, b), a 2x2 conv of the original map whose
+# taps are sums of the 3x3 taps: rows (i-1, i) take (w0, w1 + w2) for a = 0, rows (i, i+1) take
+# (w0 + w1, w2) for a = 1, and the same for columns. 16 taps instead of 36 per input pixel.
+_PHASE_ROWS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
+def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(interpolate(x, 2, "nearest"), weight, bias, padding=1)`` at 4/9 of its FLOPs
+    (equal up to float round-off)."""
+    b, _, h, w = x.shape
+    cout = weight.shape[0]
+    rows = _PHASE_ROWS.to(weight)
+    # (a, b', o, i, 2, 2): the 2x2 kernel of output phase (a, b')
+    phase = torch.einsum("apk,oikl,bql->aboipq", rows, weight, rows).reshape(4 * cout, -1, 2, 2)
+    out = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase, None if bias is None else bias.repeat(4))
+    out = out.view(b, 2, 2, cout, h + 1, w + 1)
+    phases = [[out[:, a, c, :, a:a + h, c:c + w] for c in range(2)] for a in range(2)]
+    return torch.stack([torch.stack(p, dim=-1) for p in phases], dim=3).reshape(b, cout, 2 * h, 2 * w)
+
+
 class Upsample(nn.Module):
-    """Nearest x2, then a 3x3 conv."""
+    """Nearest x2, then a 3x3 conv (at inference through ``upsample_conv`` unless ``subpixel`` is
+    set to False, which runs the official op order)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.subpixel = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if torch.is_grad_enabled() or not self.subpixel:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(x, self.conv.weight, self.conv.bias)

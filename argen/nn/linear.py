@@ -5,13 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MAX_TRANSPOSED_ROWS = 256
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x W^T (+ b). For 2..64 rows (decode steps) on the CPU, MKL's sgemm is 1.4-2.6x faster as
-    W @ x^T with a contiguous x than as F.linear's x @ W^T (measured in benchmarks/bench_ar.py); the
-    result is a transposed view holding the same values."""
+    """y = x W^T (+ b). For 2..256 rows (decode steps, VAR's scales) on the CPU, MKL's sgemm is
+    1.4-2.6x (2..64 rows) and 1.1-1.2x (64..256 rows) faster as W @ x^T with a contiguous x than as
+    F.linear's x @ W^T (benchmarks/bench_ar.py, bench_var.py); the result is a transposed view
+    holding the same values."""
     rows = x.numel() // x.shape[-1]
-    if 1 < rows <= 64 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
+    if 1 < rows <= MAX_TRANSPOSED_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
         x2 = x.reshape(rows, x.shape[-1]).contiguous()
         y = torch.mm(weight, x2.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x2.t())
         return y.t().view(*x.shape[:-1], weight.shape[0])
