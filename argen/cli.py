@@ -77,6 +77,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             temperature=args.temperature,
+            window=args.window,
+            init=args.init,
         ).items()
         if v is not None
     }
@@ -96,6 +98,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
             im.save(folder / f"{i:04d}_class{c}.png")
     report = {"grid": str(out), "images": len(images), "classes": ids, **pipe.last_stats.as_dict()}
     print(json.dumps(report))
+    return 0
+
+
+# -- bench -----------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    import argen
+    from argen.bench import format_table, run_bench
+    from argen.zoo import DEFAULT_MODEL
+
+    pipe = argen.load(args.model or DEFAULT_MODEL, device=args.device, dtype=_dtype(args.dtype),
+                      checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights)
+    sampling = {k: v for k, v in dict(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                      temperature=args.temperature).items() if v is not None}
+    classes = pipe.resolve_classes(args.classes) if args.classes else None
+    report = run_bench(pipe, args.samplers, batch_sizes=args.batch_size, classes=classes, repeats=args.repeats,
+                       seed=args.seed, sampling=sampling)
+    if args.random_weights:
+        report["model"] += " (random weights)"
+    print(format_table(report))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"JSON: {args.out}")
     return 0
 
 
@@ -237,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
     g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sampler", default="ar")
+    g.add_argument("--sampler", default="ar", help="ar (plain, token- or scale-wise) or sjd (speculative Jacobi, token-wise)")
+    g.add_argument("--window", type=int, help="sjd: tokens per forward pass (default 16)")
+    g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
     g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")
@@ -291,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--cfg", type=float, default=3.0, help="default guidance written to the result")
     tg.add_argument("--top-k", type=int, default=0, help="default top-k written to the result")
     tg.set_defaults(func=cmd_train_generator)
+
+    b = sub.add_parser("bench", help="samplers against plain AR on one model: passes, tokens/pass, latency (JSON)")
+    b.add_argument("--model", "-m", help="zoo name or pretrained folder; default: the bundled model")
+    b.add_argument("--samplers", "-s", nargs="+", default=["sjd"],
+                   help="sampler specs, e.g. sjd sjd:window=8,init=random (plain ar is always the baseline)")
+    b.add_argument("--batch-size", "-b", type=int, nargs="+", default=[1])
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--classes", "-c", nargs="+", help="class ids or names, cycled to the batch size")
+    b.add_argument("--cfg", type=float)
+    b.add_argument("--top-k", type=int)
+    b.add_argument("--top-p", type=float)
+    b.add_argument("--temperature", type=float)
+    b.add_argument("--random-weights", action="store_true", help="official architecture, random weights (no download)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", help="float32 (default), bfloat16, float16")
+    b.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+    b.add_argument("--out", default="argen_bench.json", help="JSON report path")
+    b.set_defaults(func=cmd_bench)
 
     m = sub.add_parser("models", help="list the model zoo")
     m.add_argument("--json", action="store_true")

@@ -118,6 +118,28 @@ def _build_var(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipe
     return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
 
 
+def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
+    """The official architecture with seeded random weights (output layers non-zero, so the logits
+    are not all equal)."""
+    from argen.generators import VAR, LlamaGen, LlamaGenConfig, VARConfig
+    from argen.tokenizers import MultiScaleVQConfig, MultiScaleVQVAE, VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    if entry.family == "var":
+        tok = MultiScaleVQVAE(MultiScaleVQConfig.preset(entry.tokenizer_args["preset"]))
+        gen = VAR(VARConfig.preset(entry.generator_args["preset"]))
+        gen.init_weights()
+        gen.bind_tokenizer(tok)
+    else:
+        tok = VQTokenizer(VQConfig.preset(entry.tokenizer_args["preset"]))
+        args = dict(entry.generator_args)
+        gen = LlamaGen(LlamaGenConfig.preset(args.pop("preset"), **args))
+        gen.init_weights()
+        torch.nn.init.normal_(gen.output.weight, std=0.02)
+    gen = gen.to(device=device, dtype=dtype or torch.float32).eval()
+    return ARPipeline(gen, tok.to(device).eval(), image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+
+
 BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var}
 
 
@@ -176,10 +198,18 @@ def load(
     dtype: torch.dtype | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    random_weights: bool = False,
 ) -> ARPipeline:
     """An :class:`ARPipeline` from a zoo name (official weights are downloaded when online, or taken
-    from ``checkpoint_dir``, and converted on the fly) or from a folder written by ``save_pretrained``."""
+    from ``checkpoint_dir``, and converted on the fly) or from a folder written by ``save_pretrained``.
+    ``random_weights``: an official model's architecture with seeded random weights, nothing
+    downloaded (for speed benchmarks)."""
     path = Path(name_or_dir)
+    if random_weights:
+        entry = OFFICIAL.get(str(name_or_dir))
+        if entry is None:
+            raise UnknownModelError(f"random_weights needs an official model name; known: {', '.join(OFFICIAL)}")
+        return _random_pipeline(entry, device, dtype)
     if path.is_dir():
         return ARPipeline.from_pretrained(path, device=device, dtype=dtype)
     name = str(name_or_dir)

@@ -19,6 +19,7 @@ from argen.errors import ConfigError
 from argen.samplers.ar import sample_ar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
 from argen.samplers.scales import sample_scales
+from argen.samplers.sjd import sample_sjd
 from argen.samplers.stats import SamplerStats
 
 
@@ -36,6 +37,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "ar": SamplerSpec(
         {"token": sample_ar, "scale": sample_scales},
         "plain autoregressive decoding with a KV cache: token by token, or scale by scale",
+    ),
+    "sjd": SamplerSpec(
+        {"token": sample_sjd},
+        "speculative Jacobi decoding: a window of drafts verified per pass, same distribution as ar",
     ),
 }
 

@@ -77,6 +77,20 @@ class SamplingOptions:
             return 1.0 + self.cfg_scale * (index / max(total - 1, 1))
         return float(self.cfg_scale)
 
+    def scales_at(self, index: torch.Tensor, total: int) -> torch.Tensor:
+        """``scale_at`` for a tensor of token indices: float32 scales, NaN where no guidance applies."""
+        idx = index.to(torch.float32)
+        if self.cfg_schedule == "linear":
+            scale = 1.0 + (self.cfg_scale - 1.0) * idx / max(total - 1, 1)
+        elif self.cfg_schedule == "var":
+            scale = 1.0 + self.cfg_scale * (idx / max(total - 1, 1))
+        else:
+            scale = torch.full_like(idx, float(self.cfg_scale))
+        off = torch.full_like(index, not self.guided, dtype=torch.bool)
+        if self.cfg_interval > -1:
+            off |= index > self.cfg_interval + 1
+        return scale.masked_fill(off, float("nan"))
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -93,6 +107,19 @@ def split_guided(logits: torch.Tensor, scale: float | None, extrapolate: bool = 
     """Combine a [cond ; uncond] batch of logits with ``scale`` (None: take the conditional half)."""
     cond, uncond = logits.chunk(2, dim=0)
     return cond if scale is None else guide(cond, uncond, scale, extrapolate)
+
+
+def guide_at(logits: torch.Tensor, index: torch.Tensor, opts: SamplingOptions, total: int) -> torch.Tensor:
+    """[cond ; uncond] logits (2B, W, V) of the tokens at ``index`` (B, W) -> (B, W, V), each token
+    guided with its own scale (``opts.scale_at``; the conditional half where none applies). Constant
+    guidance takes the same path as :func:`split_guided`, so the values are bitwise those of AR."""
+    if opts.cfg_schedule == "constant" and opts.cfg_interval == -1:
+        return split_guided(logits, opts.scale_at(0, total))
+    cond, uncond = logits.chunk(2, dim=0)
+    scale = opts.scales_at(index, total).unsqueeze(-1)
+    off = scale.isnan()
+    guided = guide(cond, uncond, scale.nan_to_num(1.0), opts.cfg_schedule == "var")
+    return torch.where(off, cond, guided)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -132,6 +159,14 @@ def process_logits(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
 def token_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     """The distribution a sampler draws from (after temperature / top-k / top-p)."""
     return process_logits(logits, opts).softmax(dim=-1)
+
+
+def target_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """The exact distribution :func:`draw` samples from, as probabilities (..., V): one-hot at the
+    argmax when greedy. Speculative samplers verify drafts against it."""
+    if opts.is_greedy:
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    return token_probs(logits, opts)
 
 
 def draw(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator | None) -> torch.Tensor:

@@ -15,6 +15,8 @@ class SamplerStats:
     seed: int | None = None
     guided_rows: int = 0  # rows per pass including the CFG half at the start
     accepted_history: list[float] = field(default_factory=list)  # mean tokens accepted per pass
+    # samples that committed k tokens in one pass, at index k (speculative samplers)
+    accept_histogram: list[int] = field(default_factory=list)
     batches: int = 1  # sequential sampler calls merged into these stats
     # the latents to decode when they are not a function of the codes (VAR's more_smooth), else None
     latents: Any = field(default=None, repr=False)
@@ -34,6 +36,9 @@ class SamplerStats:
         self.forward_passes += other.forward_passes
         self.wall_time_s += other.wall_time_s
         self.accepted_history += other.accepted_history
+        n = max(len(self.accept_histogram), len(other.accept_histogram))
+        pad = lambda h: h + [0] * (n - len(h))  # noqa: E731
+        self.accept_histogram = [a + b for a, b in zip(pad(self.accept_histogram), pad(other.accept_histogram))]
         self.batches += other.batches
         if self.latents is not None and other.latents is not None:
             import torch

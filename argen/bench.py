@@ -1,0 +1,139 @@
+"""``argen bench``: samplers compared on one model, in one process, with the same weights and seeds.
+
+Plain AR is always run as the baseline. Per sampler and batch size: forward passes per generation,
+step compression (AR passes / passes), tokens committed per pass per sample (mean and histogram),
+latency per image and images/s (median over repeats, sampler + decode), and the speed-up over AR in
+the same run; a sampler slower than AR in a setting is flagged, not hidden.
+
+    argen bench --model shapes-llamagen --samplers sjd sjd:window=8,init=random --batch-size 1 8
+
+A sampler spec is ``name`` or ``name:key=value,key=value`` (values parsed as JSON when they parse).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Sequence
+
+import torch
+
+from argen.errors import ConfigError
+
+
+def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
+    """'sjd:window=8,init=random' -> ('sjd', {'window': 8, 'init': 'random'})."""
+    from argen.samplers import SAMPLERS
+
+    name, _, rest = spec.partition(":")
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r} in {spec!r}; available: {', '.join(SAMPLERS)}")
+    opts: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ConfigError(f"sampler option must be key=value, got {item!r} in {spec!r}")
+        k, v = item.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    return name, opts
+
+
+def _mean_committed(stats) -> float:
+    hist = stats.accept_histogram
+    if hist and sum(hist):
+        return sum(k * c for k, c in enumerate(hist)) / sum(hist)
+    return 1.0
+
+
+def run_bench(
+    pipe,
+    samplers: Sequence[str],
+    *,
+    batch_sizes: Sequence[int] = (1,),
+    classes: Sequence[int] | None = None,
+    repeats: int = 3,
+    seed: int = 0,
+    sampling: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``samplers`` (specs) against plain AR on ``pipe``; returns the JSON-able report."""
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    specs = ["ar"] + [s for s in samplers if s != "ar"]
+    parsed = {s: parse_sampler(s) for s in specs}
+    n_classes = pipe.generator.num_classes
+    pool = list(classes) if classes else list(range(min(n_classes, 16)))
+    sampling = dict(sampling or {})
+    results = []
+    for bs in batch_sizes:
+        if bs < 1:
+            raise ConfigError(f"batch sizes must be >= 1, got {bs}")
+        labels = [pool[i % len(pool)] for i in range(bs)]
+        times: dict[str, list[float]] = {s: [] for s in specs}
+        stats: dict[str, list] = {s: [] for s in specs}
+
+        def once(spec: str, s: int) -> tuple[float, Any]:
+            name, opts = parsed[spec]
+            t = time.perf_counter()
+            pipe.generate(labels, sampler=name, seed=s, output_type="pt", **sampling, **opts)
+            return time.perf_counter() - t, pipe.last_stats
+
+        for spec in specs:  # warm-up (allocations, kernels), not timed
+            once(spec, seed)
+        for r in range(repeats):
+            for spec in specs if r % 2 == 0 else specs[::-1]:
+                dt, st = once(spec, seed + r)
+                times[spec].append(dt)
+                stats[spec].append(st)
+        base = statistics.median(times["ar"])
+        base_passes = statistics.mean(st.forward_passes for st in stats["ar"])
+        for spec in specs:
+            med = statistics.median(times[spec])
+            passes = statistics.mean(st.forward_passes for st in stats[spec])
+            hist = [sum(col) for col in zip(*[st.accept_histogram for st in stats[spec]])] if stats[spec][0].accept_histogram else []
+            results.append({
+                "sampler": spec,
+                "batch_size": bs,
+                "forward_passes": passes,
+                "step_compression": base_passes / passes,
+                "tokens_per_pass": statistics.mean(_mean_committed(st) for st in stats[spec]),
+                "accept_histogram": hist,
+                "latency_s_per_image": med / bs,
+                "images_per_s": bs / med,
+                "sampler_s": statistics.median(st.wall_time_s for st in stats[spec]),
+                "speedup_vs_ar": base / med,
+                "slower_than_ar": med > base,
+                "times_s": times[spec],
+                "options": parsed[spec][1],
+            })
+    return {
+        "benchmark": "samplers",
+        "model": pipe.name,
+        "tokens_per_image": pipe.generator.seq_len,
+        "sampling": sampling,
+        "repeats": repeats,
+        "seed": seed,
+        "device": str(pipe.device),
+        "dtype": str(next(pipe.generator.parameters()).dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "results": results,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a fixed-width table (one row per sampler and batch size)."""
+    head = f"{'sampler':<28} {'batch':>5} {'passes':>7} {'compr.':>7} {'tok/pass':>8} {'s/img':>8} {'img/s':>8} {'vs ar':>7}"
+    lines = [f"{report['model']}: {report['tokens_per_image']} tokens/image, {report['device']}, {report['dtype']}, "
+             f"{report['threads']} threads, median of {report['repeats']}", head, "-" * len(head)]
+    for r in report["results"]:
+        flag = "  (slower than ar)" if r["slower_than_ar"] else ""
+        lines.append(f"{r['sampler']:<28} {r['batch_size']:>5} {r['forward_passes']:>7.1f} {r['step_compression']:>6.2f}x "
+                     f"{r['tokens_per_pass']:>8.2f} {r['latency_s_per_image']:>8.3f} {r['images_per_s']:>8.2f} "
+                     f"{r['speedup_vs_ar']:>6.2f}x{flag}")
+    return "\n".join(lines)

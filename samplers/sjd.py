@@ -1,0 +1,198 @@
+"""Speculative Jacobi Decoding (SJD, Teng et al., arXiv 2410.01699), exact for any batch size.
+
+Each forward pass feeds a window of W tokens per sample: the last committed token and W - 1 drafts.
+Drafts are verified left to right with the speculative-sampling rule against the target distribution
+p (the processed distribution plain AR would draw from: CFG, temperature, top-k, top-p): a draft d
+drawn from q is accepted with probability min(1, p(d) / q(d)); at the first rejection a token is drawn
+from max(0, p - q) (normalised by the multinomial, never re-warped) and verification stops; if every
+draft is accepted the last slot's distribution gives one more token for free. The next drafts are
+this pass's own samples for the slots after the rejection (Jacobi iteration: their q is this pass's
+p at those slots), topped up by the initialisation strategy (a deterministic token, q one-hot).
+
+Batches are ragged: every sample advances by its own accepted length, through per-row lengths in
+the shared KV cache (rejected entries are dropped by moving the length back). ``ragged=False`` moves
+every sample by the batch minimum instead (uniform cache lengths, no attention mask); the accepted
+drafts a sample keeps are then re-used with q := p, a ratio of exactly 1, never re-tested against
+their old q (the official implementation's batch > 1 bias).
+
+With ``window=1`` the sampler is plain AR, bitwise and with the same random stream.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from argen.errors import ConfigError
+from argen.samplers.ar import StepCallback
+from argen.samplers.logits import SamplingOptions, draw, guide_at, target_probs
+from argen.samplers.stats import SamplerStats
+
+INITS = ("repeat-left", "repeat-above", "random")
+
+
+def accept_mask(p_draft: torch.Tensor, q_draft: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """r < p(d) / q(d), without dividing (q(d) > 0 for a token drawn from q)."""
+    return r * q_draft < p_draft
+
+
+def accepted_prefix(ok: torch.Tensor) -> torch.Tensor:
+    """Leading accepted drafts per row (B, W-1) -> (B,): verification stops at the first rejection."""
+    return ok.long().cumprod(dim=1).sum(dim=1)
+
+
+def residual_weights(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Unnormalised max(0, p - q) for the slot after the accepted drafts (q = 0 for the free token,
+    so that row is p itself). Falls back to p where round-off leaves no mass."""
+    w = (p - q).clamp_(min=0.0)
+    empty = w.sum(dim=-1, keepdim=True) <= 0
+    return torch.where(empty, p, w)
+
+
+def kept_draft_probs(p_kept: torch.Tensor, q_kept: torch.Tensor) -> torch.Tensor:
+    """q for accepted drafts a sample keeps for the next pass (``ragged=False``): p itself, so the
+    re-check accepts them with probability 1 (same context, same p)."""
+    return p_kept
+
+
+def _check(window: int, init: str, model) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"window must be an integer >= 1 (tokens per forward pass), got {window!r}")
+    if init not in INITS:
+        raise ConfigError(f"unknown draft init {init!r}; known: {', '.join(INITS)}")
+    for attr in ("prefill", "decode", "new_cache", "prefix_len", "vocab_size"):
+        if not hasattr(model, attr):
+            raise ConfigError(f"SJD needs a token-wise generator (prefill/decode with a KV cache); {type(model).__name__} has no {attr!r}")
+
+
+def _init_drafts(tokens: torch.Tensor, fill: torch.Tensor, first_pos: torch.Tensor, codes: torch.Tensor,
+                 last: torch.Tensor, init: str, grid_w: int, vocab: int, rng: torch.Generator | None) -> torch.Tensor:
+    """Fill the drafts where ``fill`` (B, K) with the init strategy; draft k sits at image position
+    first_pos + k; codes (B, N) holds the committed tokens (positions < first_pos)."""
+    if not bool(fill.any()):
+        return tokens
+    if init == "random":
+        rand = torch.randint(vocab, tokens.shape, generator=rng, device=tokens.device)
+        return torch.where(fill, rand, tokens)
+    out = tokens.clone()
+    n = codes.shape[1]
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    for k in range(tokens.shape[1]):
+        left = last if k == 0 else out[:, k - 1]
+        new = left
+        if init == "repeat-above":
+            above = first_pos + k - grid_w
+            committed = codes[rows, above.clamp(0, n - 1)]
+            drafted = out[:, k - grid_w] if k >= grid_w else committed
+            new = torch.where(above < 0, left, torch.where(above < first_pos, committed, drafted))
+        out[:, k] = torch.where(fill[:, k], new, out[:, k])
+    return out
+
+
+def sample_sjd(
+    model,
+    cond: torch.Tensor,
+    opts: SamplingOptions,
+    rng: torch.Generator | None,
+    *,
+    window: int = 16,
+    init: str = "repeat-left",
+    ragged: bool = True,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    callback_every: int = 16,
+) -> tuple[torch.Tensor, SamplerStats]:
+    """Sample ``model.seq_len`` tokens per condition with SJD; same result distribution as
+    :func:`~argen.samplers.ar.sample_ar`. ``init``: repeat-left (the token before), repeat-above (the
+    token one grid row up), random (uniform)."""
+    _check(window, init, model)
+    start = time.perf_counter()
+    b, n, vocab = cond.shape[0], model.seq_len, model.vocab_size
+    grid_w = getattr(model, "token_grid", (1, n))[1]
+    guided = opts.guided
+    inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
+    prefix = model.prefix_len
+    cache = model.new_cache(inp.shape[0], prefix + n + window - 1)
+    dev = cache.lengths.device
+    codes = torch.zeros(b, n, dtype=torch.long, device=dev)
+    stats = SamplerStats("sjd", b, n, guided_rows=inp.shape[0])
+    stats.accept_histogram = [0] * (window + 1)
+
+    logits = model.prefill(inp, cache)
+    stats.forward_passes = 1
+    zero = torch.zeros(b, 1, dtype=torch.long, device=dev)
+    codes[:, 0] = draw(guide_at(logits[:, None], zero, opts, n)[:, 0] if guided else logits, opts, rng)
+    w1 = window - 1
+    done = torch.ones(b, dtype=torch.long, device=dev)  # committed tokens per sample
+    active = torch.arange(b, device=dev)  # samples still running, in cache-row order
+    drafts = _init_drafts(torch.zeros(b, w1, dtype=torch.long, device=dev), torch.ones(b, w1, dtype=torch.bool, device=dev),
+                          done, codes, codes[:, 0], init, grid_w, vocab, rng)
+    q = torch.nn.functional.one_hot(drafts, vocab).float()
+    slots = torch.arange(window, device=dev)
+    bar = tqdm(total=n, disable=not progress, desc="sjd", unit="tok", leave=False)
+    bar.update(1)
+    reported = 0
+    while active.numel():
+        m_rows = active.numel()
+        rows = torch.arange(m_rows, device=dev)
+        last = codes[active, done - 1]
+        x = torch.cat([last[:, None], drafts], dim=1)
+        logits = model.decode(torch.cat([x, x]) if guided else x, cache)
+        stats.forward_passes += 1
+        index = done[:, None] + slots  # the image position each slot predicts
+        p = target_probs(guide_at(logits, index, opts, n) if guided else logits, opts)
+        if w1:
+            p_d = p[:, :w1].gather(-1, drafts[..., None]).squeeze(-1)
+            q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
+            r = torch.rand(m_rows, w1, generator=rng, device=dev)
+            acc = accepted_prefix(accept_mask(p_d, q_d, r))
+        else:
+            acc = torch.zeros(m_rows, dtype=torch.long, device=dev)
+        q_slot = q[rows, acc.clamp(max=w1 - 1)] if w1 else torch.zeros_like(p[:, 0])
+        q_slot = torch.where((acc == w1)[:, None], torch.zeros_like(q_slot), q_slot)
+        new_tok = torch.multinomial(residual_weights(p[rows, acc], q_slot), 1, generator=rng).squeeze(-1)
+        fresh = torch.multinomial(p[:, 1:].reshape(-1, vocab), 1, generator=rng).view(m_rows, w1) if w1 else drafts
+        # the token each slot holds after this pass: accepted drafts, the residual/free token, own samples
+        cand = torch.cat([drafts, new_tok[:, None]], dim=1)
+        cand[rows, acc] = new_tok
+        after = slots[None, 1:] > acc[:, None]
+        cand[:, 1:] = torch.where(after, fresh, cand[:, 1:])
+        step = acc if ragged else acc.min().expand_as(acc)
+        commit = slots[None] <= step[:, None]
+        pos = done[:, None] + slots
+        write = commit & (pos < n)
+        codes[active[:, None].expand_as(pos)[write], pos[write]] = cand[write]
+        grew = (step + 1).clamp(max=n - done)
+        hist = torch.bincount(grew, minlength=window + 1).tolist()
+        stats.accept_histogram = [a + h for a, h in zip(stats.accept_histogram, hist)]
+        stats.accepted_history.append(float(grew.float().mean()))
+        cache.truncate((prefix + done + step).repeat(2 if guided else 1))
+        done = done + step + 1
+        # next drafts: the slots after the committed ones, then the init strategy
+        src = step[:, None] + 1 + slots[None, :w1]
+        keep = src < window
+        src = src.clamp(max=window - 1)
+        nxt = cand.gather(1, src)
+        q_next = p.gather(1, src[..., None].expand(-1, -1, vocab))
+        kept_acc = keep & (src < acc[:, None])  # accepted drafts carried over (ragged=False only)
+        if bool(kept_acc.any()):
+            q_old = q.gather(1, src.clamp(max=w1 - 1)[..., None].expand(-1, -1, vocab))
+            q_next = torch.where(kept_acc[..., None], kept_draft_probs(q_next, q_old), q_next)
+        fill = ~keep
+        nxt = _init_drafts(nxt, fill, done, codes[active], codes[active, (done - 1).clamp(max=n - 1)], init, grid_w, vocab, rng)
+        q_next = torch.where(fill[..., None], torch.nn.functional.one_hot(nxt, vocab).float(), q_next)
+        finished = done >= n
+        if bool(finished.any()):
+            left = (~finished).nonzero().squeeze(1)
+            cache.select(torch.cat([left, left + m_rows]) if guided else left)
+            active, done, nxt, q_next = active[left], done[left], nxt[left], q_next[left]
+        drafts, q = nxt, q_next
+        low = int(done.min()) if done.numel() else n
+        bar.update(low - bar.n)
+        if callback is not None and (low // callback_every > reported // callback_every or low == n):
+            callback(low, codes[:, :low])
+            reported = low
+    bar.close()
+    stats.wall_time_s = time.perf_counter() - start
+    return codes, stats
