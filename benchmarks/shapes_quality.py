@@ -2,10 +2,13 @@
 
     python benchmarks/shapes_quality.py --model shapes-llamagen --per-class 20 --out results.json
     python benchmarks/shapes_quality.py --model DIR --judge judge.pt -o cfg_scale=4 -o top_k=50   # sweeps
+    python benchmarks/shapes_quality.py --model DIR --judge judge.pt --reconstruct 500   # the tokenizer
 
 The classifier trains here in a few minutes (its held-out accuracy is printed with the result), then
 classifies ``per-class`` generated images of every class. Writes JSON: classifier held-out accuracy,
-generated-image accuracy overall and per class, the sampling options and seed.
+generated-image accuracy overall and per class, the sampling options and seed. ``--reconstruct N``
+judges the tokenizer instead: N held-out shapes encoded and decoded (MSE, and the judge's accuracy on
+the reconstructions next to its accuracy on the originals) — the ceiling for any generator on it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from torch import nn
 
 import argen
 from argen.data import SHAPE_NAMES, ShapesDataset
+from argen.modeling import Pretrained
 
 
 def classifier(num_classes: int = len(SHAPE_NAMES)) -> nn.Module:
@@ -81,11 +85,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", "-o", action="append", default=[], help="sampling option key=value")
     p.add_argument("--judge", help="file to keep the trained classifier in (reused when it exists)")
+    p.add_argument("--reconstruct", type=int, default=0, metavar="N", help="judge N tokenizer reconstructions instead")
     p.add_argument("--out")
     args = p.parse_args()
     opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
 
-    pipe = argen.load(args.model)
+    if args.reconstruct and not (Path(args.model) / "model_index.json").is_file():
+        tokenizer, resolution = Pretrained.from_pretrained(args.model), 64  # a tokenizer folder
+    else:
+        pipe = argen.load(args.model)
+        tokenizer, resolution = pipe.tokenizer, pipe.image_size
     t0 = time.time()
     if args.judge and Path(args.judge).is_file():  # a classifier trained by an earlier run
         saved = torch.load(args.judge, weights_only=True)
@@ -93,10 +102,21 @@ def main() -> None:
         net.load_state_dict(saved["state"])
         net.eval()
     else:
-        net, held_out = train_classifier(pipe.image_size, args.classifier_steps)
+        net, held_out = train_classifier(resolution, args.classifier_steps)
         if args.judge:
             torch.save({"state": net.state_dict(), "held_out": held_out}, args.judge)
     t_cls = time.time() - t0
+    if args.reconstruct:
+        x, y = batch(ShapesDataset(resolution, "test"), 0, args.reconstruct)
+        with torch.inference_mode():
+            rec = tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1)
+            acc = [(net(im).argmax(-1) == y).float().mean().item() for im in (x, rec)]
+        result = {"model": args.model, "images": args.reconstruct, "reconstruction_mse": F.mse_loss(rec, x).item(),
+                  "judge_accuracy_originals": acc[0], "judge_accuracy_reconstructions": acc[1]}
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2))
+        return
     classes = [c for c in range(len(SHAPE_NAMES)) for _ in range(args.per_class)]
     t0 = time.time()
     images = pipe.generate(classes, seed=args.seed, output_type="pt", batch_size=50, **opts)

@@ -50,10 +50,35 @@ def residual_weights(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, p, w)
 
 
+def coupling_weights(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Where a coupled draft is not kept it is redrawn from the same residual max(0, p - q)."""
+    return residual_weights(p, q)
+
+
 def kept_draft_probs(p_kept: torch.Tensor, q_kept: torch.Tensor) -> torch.Tensor:
     """q for accepted drafts a sample keeps for the next pass (``ragged=False``): p itself, so the
     re-check accepts them with probability 1 (same context, same p)."""
     return p_kept
+
+
+def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, coupled: bool,
+                  rng: torch.Generator | None) -> torch.Tensor:
+    """This pass's sample for every slot 1..W-1 (the next drafts where the slot stays unverified):
+    independent draws from p, or (``coupled``) a maximal coupling with the slot's current draft: keep
+    the draft d with probability min(1, p(d) / q(d)), else draw from max(0, p - q). Either way the
+    sample is distributed as p given the pass's context; coupled, it equals the old draft as often as
+    possible, so the window's contexts settle and later drafts get accepted (MC-SJD, arXiv 2510.24211)."""
+    b, w, vocab = p.shape
+    if not coupled or w < 3:
+        return torch.multinomial(p[:, 1:].reshape(-1, vocab), 1, generator=rng).view(b, w - 1)
+    # slots 1..W-2 hold drafts drafts[:, 1:] (position done + j); the last slot has none
+    p_mid, q_mid, d_mid = p[:, 1:-1], q[:, 1:], drafts[:, 1:]
+    p_d = p_mid.gather(-1, d_mid[..., None]).squeeze(-1)
+    q_d = q_mid.gather(-1, d_mid[..., None]).squeeze(-1)
+    keep = accept_mask(p_d, q_d, torch.rand(d_mid.shape, generator=rng, device=p.device))
+    redraw = torch.multinomial(coupling_weights(p_mid, q_mid).reshape(-1, vocab), 1, generator=rng).view_as(d_mid)
+    last = torch.multinomial(p[:, -1], 1, generator=rng)
+    return torch.cat([torch.where(keep, d_mid, redraw), last], dim=1)
 
 
 def _check(window: int, init: str, model) -> None:
@@ -99,13 +124,15 @@ def sample_sjd(
     window: int = 16,
     init: str = "repeat-left",
     ragged: bool = True,
+    coupled: bool = True,
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 16,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample ``model.seq_len`` tokens per condition with SJD; same result distribution as
     :func:`~argen.samplers.ar.sample_ar`. ``init``: repeat-left (the token before), repeat-above (the
-    token one grid row up), random (uniform)."""
+    token one grid row up), random (uniform). ``coupled``: next drafts by maximal coupling with the
+    current ones (MC-SJD; False: independent samples, the original SJD)."""
     _check(window, init, model)
     start = time.perf_counter()
     b, n, vocab = cond.shape[0], model.seq_len, model.vocab_size
@@ -152,7 +179,7 @@ def sample_sjd(
         q_slot = q[rows, acc.clamp(max=w1 - 1)] if w1 else torch.zeros_like(p[:, 0])
         q_slot = torch.where((acc == w1)[:, None], torch.zeros_like(q_slot), q_slot)
         new_tok = torch.multinomial(residual_weights(p[rows, acc], q_slot), 1, generator=rng).squeeze(-1)
-        fresh = torch.multinomial(p[:, 1:].reshape(-1, vocab), 1, generator=rng).view(m_rows, w1) if w1 else drafts
+        fresh = _next_samples(p, drafts, q, coupled, rng) if w1 else drafts
         # the token each slot holds after this pass: accepted drafts, the residual/free token, own samples
         cand = torch.cat([drafts, new_tok[:, None]], dim=1)
         cand[rows, acc] = new_tok

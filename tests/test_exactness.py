@@ -38,6 +38,12 @@ def test_sjd_is_exact_ragged_batch(name, init, window):
 
 
 @pytest.mark.parametrize("name", ["plain", "cfg-topk"])
+def test_original_sjd_without_coupling_is_exact(name):
+    v = run(MODEL, "sjd", window=4, init="repeat-left", coupled=False, seed=5, **CONFIGS[name])
+    assert v.passed, tv_of(v)
+
+
+@pytest.mark.parametrize("name", ["plain", "cfg-topk"])
 def test_sjd_is_exact_with_batch_minimum_advance(name):
     v = run(MODEL, "sjd", window=4, init="random", ragged=False, seed=2, **CONFIGS[name])
     assert v.passed, tv_of(v)
@@ -51,8 +57,10 @@ def test_sjd_is_exact_at_batch_1():
 
 
 def _rewarped(top_p):
-    def residual(p, q):
-        w = (p - q).clamp(min=0)
+    exact = sjd.residual_weights
+
+    def residual(p, q):  # the official code's way: the logit processors once more on the residual
+        w = exact(p, q)
         return top_p_filter((w / w.sum(-1, keepdim=True)).log(), top_p).softmax(-1)
     return residual
 
@@ -63,6 +71,7 @@ NEGATIVE = {
     "no-stop-at-first-rejection": ("accepted_prefix", lambda ok: ok.long().sum(1), {}),
     "rewarped-residual": ("residual_weights", _rewarped(0.8), dict(top_p=0.8)),
     "batch-minimum-retest": ("kept_draft_probs", lambda p_kept, q_old: q_old, dict(ragged=False)),
+    "coupling-redraws-from-p": ("coupling_weights", lambda p, q: p, {}),
 }
 
 
