@@ -58,8 +58,10 @@ def run_bench(
     repeats: int = 3,
     seed: int = 0,
     sampling: dict[str, Any] | None = None,
+    warmup: bool = True,
 ) -> dict[str, Any]:
-    """Benchmark ``samplers`` (specs) against plain AR on ``pipe``; returns the JSON-able report."""
+    """Benchmark ``samplers`` (specs) against plain AR on ``pipe``; returns the JSON-able report.
+    ``warmup``: one untimed run per sampler first (skip it for big models on the CPU)."""
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     specs = ["ar"] + [s for s in samplers if s != "ar"]
@@ -81,7 +83,7 @@ def run_bench(
             pipe.generate(labels, sampler=name, seed=s, output_type="pt", **sampling, **opts)
             return time.perf_counter() - t, pipe.last_stats
 
-        for spec in specs:  # warm-up (allocations, kernels), not timed
+        for spec in specs if warmup else []:  # warm-up (allocations, kernels), not timed
             once(spec, seed)
         for r in range(repeats):
             for spec in specs if r % 2 == 0 else specs[::-1]:
@@ -115,6 +117,7 @@ def run_bench(
         "tokens_per_image": pipe.generator.seq_len,
         "sampling": sampling,
         "repeats": repeats,
+        "warmup": warmup,
         "seed": seed,
         "device": str(pipe.device),
         "dtype": str(next(pipe.generator.parameters()).dtype).replace("torch.", ""),

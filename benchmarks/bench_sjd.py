@@ -16,9 +16,11 @@ from pathlib import Path
 import argen
 from argen.bench import format_table, run_bench
 
+# (model, random weights, samplers, batch sizes, repeats, warm-up)
 SUITE = [
-    ("shapes-llamagen", False, ["sjd", "sjd:init=repeat-above", "sjd:init=random", "sjd:window=8"], [1, 8], 5),
-    ("llamagen-gpt-b", True, ["sjd"], [1, 8], 1),
+    ("shapes-llamagen", False, ["sjd", "sjd:window=8", "sjd:window=4", "sjd:init=repeat-above", "sjd:init=random",
+                                "sjd:coupled=false"], [1, 8], 5, True),
+    ("llamagen-gpt-b", True, ["sjd"], [1, 8], 1, False),
 ]
 
 
@@ -28,9 +30,10 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/sjd.json")
     args = p.parse_args()
     reports = []
-    for name, random_weights, samplers, batches, repeats in SUITE[:1] if args.quick else SUITE:
+    for name, random_weights, samplers, batches, repeats, warmup in SUITE[:1] if args.quick else SUITE:
         pipe = argen.load(name, random_weights=random_weights)
-        report = run_bench(pipe, samplers, batch_sizes=batches[:1] if args.quick else batches, repeats=repeats)
+        report = run_bench(pipe, samplers, batch_sizes=batches[:1] if args.quick else batches, repeats=repeats,
+                           warmup=warmup)
         if random_weights:
             report["model"] += " (random weights)"
         print(format_table(report), flush=True)

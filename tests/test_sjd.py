@@ -75,3 +75,29 @@ def test_sjd_through_pipeline_and_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["sampler"] == "sjd" and report["images"] == 2
+
+
+def test_argen_bench_reports_samplers_against_ar(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "argen", "bench", "--samplers", "sjd:window=4,init=random", "--repeats", "1",
+                        "-b", "1", "2", "--classes", "star", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "sjd:window=4,init=random" in r.stdout and "vs ar" in r.stdout
+    report = json.loads(out.read_text())
+    rows = {(x["sampler"], x["batch_size"]): x for x in report["results"]}
+    assert set(rows) == {("ar", 1), ("sjd:window=4,init=random", 1), ("ar", 2), ("sjd:window=4,init=random", 2)}
+    ar, sjd = rows[("ar", 1)], rows[("sjd:window=4,init=random", 1)]
+    assert ar["forward_passes"] == 64 and ar["step_compression"] == 1.0 and ar["speedup_vs_ar"] == 1.0
+    assert sjd["forward_passes"] < 64 and sjd["step_compression"] == pytest.approx(64 / sjd["forward_passes"])
+    assert len(sjd["accept_histogram"]) == 5 and sum(k * c for k, c in enumerate(sjd["accept_histogram"])) == 63
+    assert sjd["options"] == {"window": 4, "init": "random"} and sjd["slower_than_ar"] == (sjd["speedup_vs_ar"] < 1)
+
+
+def test_bench_bad_sampler_specs():
+    from argen.bench import parse_sampler
+
+    with pytest.raises(ConfigError, match="unknown sampler 'fast'.*available: ar, sjd"):
+        parse_sampler("fast")
+    with pytest.raises(ConfigError, match="must be key=value"):
+        parse_sampler("sjd:window")
+    assert parse_sampler("sjd:window=8,coupled=false") == ("sjd", {"window": 8, "coupled": False})
