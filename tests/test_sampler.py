@@ -156,4 +156,4 @@ def test_bad_classes(model, classes, match):
 
 
 def test_samplers_for_model(model):
-    assert S.samplers_for(model) == ["ar"]
+    assert S.samplers_for(model) == ["ar", "sjd"]
