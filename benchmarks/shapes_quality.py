@@ -55,6 +55,23 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out.clamp(-1, 1)
 
 
+def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> float:
+    """Mean number of distinct codes a tokenizer gives the flat patches of one colour (a patch per
+    token, per-channel std < 0.02): 1 is ideal; many codes for the same flat colour is entropy the
+    generator must model without any image content behind it."""
+    b, h, w = codes.shape
+    ph, pw = images.shape[-2] // h, images.shape[-1] // w
+    patches = images.unfold(2, ph, ph).unfold(3, pw, pw)  # (B, 3, h, w, ph, pw)
+    flat = patches.flatten(-2)
+    uniform = flat.std(-1).amax(1) < 0.02  # (B, h, w)
+    colour = (flat.mean(-1) * 10).round().long().permute(0, 2, 3, 1)[uniform]  # (n, 3)
+    seen: dict[tuple, list] = {}
+    for c, k in zip(map(tuple, colour.tolist()), codes[uniform].tolist()):
+        seen.setdefault(c, []).append(k)
+    common = [set(v) for v in seen.values() if len(v) >= 0.01 * len(colour)]  # the palette colours
+    return sum(len(v) for v in common) / max(len(common), 1)
+
+
 def train_classifier(resolution: int, steps: int, seed: int = 0) -> tuple[nn.Module, float]:
     torch.manual_seed(seed)
     net = classifier()
@@ -109,10 +126,13 @@ def main() -> None:
     if args.reconstruct:
         x, y = batch(ShapesDataset(resolution, "test"), 0, args.reconstruct)
         with torch.inference_mode():
-            rec = tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1)
+            codes = tokenizer.encode(x)
+            rec = tokenizer.decode(codes).clamp(-1, 1)
             acc = [(net(im).argmax(-1) == y).float().mean().item() for im in (x, rec)]
+        grid = codes[-1] if isinstance(codes, (list, tuple)) else codes  # multi-scale: the finest scale
         result = {"model": args.model, "images": args.reconstruct, "reconstruction_mse": F.mse_loss(rec, x).item(),
-                  "judge_accuracy_originals": acc[0], "judge_accuracy_reconstructions": acc[1]}
+                  "judge_accuracy_originals": acc[0], "judge_accuracy_reconstructions": acc[1],
+                  "codes_per_flat_colour": flat_patch_codes(x, grid)}
         print(json.dumps(result, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2))
