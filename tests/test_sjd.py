@@ -101,3 +101,18 @@ def test_bench_bad_sampler_specs():
     with pytest.raises(ConfigError, match="must be key=value"):
         parse_sampler("sjd:window")
     assert parse_sampler("sjd:window=8,coupled=false") == ("sjd", {"window": 8, "coupled": False})
+
+
+def test_sjd_on_a_text_conditioned_model_equals_ar_greedy():
+    """t2i LlamaGen: caption features as the condition, the null caption for CFG, a multi-token prefix."""
+    torch.manual_seed(0)
+    cfg = LlamaGenConfig(dim=32, n_layer=2, n_head=2, vocab_size=16, block_size=16, model_type="t2i",
+                         cls_token_num=3, caption_dim=8, class_dropout_prob=0.1)
+    t2i = LlamaGen(cfg).eval()
+    captions = torch.randn(2, 3, 8)
+    ar, _ = S.sample(t2i, captions, greedy=True, cfg_scale=2.0)
+    sjd, st = S.sample(t2i, captions, sampler="sjd", greedy=True, cfg_scale=2.0, window=6, seed=0)
+    assert torch.equal(ar, sjd) and st.forward_passes <= 16
+    a, _ = S.sample(t2i, captions, sampler="sjd", seed=1, window=1, cfg_scale=2.0, top_k=5)
+    b, _ = S.sample(t2i, captions, seed=1, cfg_scale=2.0, top_k=5)
+    assert torch.equal(a, b)
