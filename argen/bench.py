@@ -25,21 +25,13 @@ from argen.errors import ConfigError
 
 def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
     """'sjd:window=8,init=random' -> ('sjd', {'window': 8, 'init': 'random'})."""
+    from argen.cli import parse_key_values
     from argen.samplers import SAMPLERS
 
     name, _, rest = spec.partition(":")
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r} in {spec!r}; available: {', '.join(SAMPLERS)}")
-    opts: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        if "=" not in item:
-            raise ConfigError(f"sampler option must be key=value, got {item!r} in {spec!r}")
-        k, v = item.split("=", 1)
-        try:
-            opts[k] = json.loads(v)
-        except json.JSONDecodeError:
-            opts[k] = v
-    return name, opts
+    return name, parse_key_values(filter(None, rest.split(",")))
 
 
 def _mean_committed(stats) -> float:

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from argen.errors import ArgenError, ConfigError
 
@@ -26,12 +26,13 @@ def _dtype(name: str | None):
     return getattr(torch, DTYPES[name])
 
 
-def _kv(items: Sequence[str] | None) -> dict[str, Any]:
-    """Parse repeated ``key=value`` flags; values are JSON when they parse as JSON, else strings."""
+def parse_key_values(items: Iterable[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` items (CLI flags, sampler specs); values are JSON when they parse as
+    JSON, else strings."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"expected key=value, got {item!r}")
+            raise ConfigError(f"option must be key=value, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -84,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     if args.greedy:
         opts["greedy"] = True
-    opts.update(_kv(args.option))
+    opts.update(parse_key_values(args.option))
     images = pipe.generate(
         ids, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet, **opts
     )
@@ -147,8 +148,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from argen.convert.llamagen import load_gpt, load_vq
     from argen.pipeline import ARPipeline
 
-    gpt_args = {**_json_file(args.gpt_config), **_kv(args.gpt_arg)}
-    vq_args = {**_json_file(args.vq_config), **_kv(args.vq_arg)}
+    gpt_args = {**_json_file(args.gpt_config), **parse_key_values(args.gpt_arg)}
+    vq_args = {**_json_file(args.vq_config), **parse_key_values(args.vq_arg)}
     if args.image_size and "block_size" not in gpt_args:
         ds = 2 ** (len(vq_args.get("encoder_ch_mult", [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
         gpt_args["block_size"] = (args.image_size // ds) ** 2
@@ -166,8 +167,8 @@ def cmd_convert_var(args: argparse.Namespace) -> int:
     from argen.convert.var import load_var, load_var_vae
     from argen.pipeline import ARPipeline
 
-    var_args = {**_json_file(args.var_config), **_kv(args.var_arg)}
-    vae_args = {**_json_file(args.vae_config), **_kv(args.vae_arg)}
+    var_args = {**_json_file(args.var_config), **parse_key_values(args.var_arg)}
+    vae_args = {**_json_file(args.vae_config), **parse_key_values(args.vae_arg)}
     vae = load_var_vae(args.vae_ckpt, None if vae_args else args.vae_model, **vae_args)
     var = load_var(args.var_ckpt, None if var_args.get("depth") else args.var_model, vae=vae, **var_args)
     defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "temperature": 1.0}

@@ -79,17 +79,9 @@ class SamplingOptions:
 
     def scales_at(self, index: torch.Tensor, total: int) -> torch.Tensor:
         """``scale_at`` for a tensor of token indices: float32 scales, NaN where no guidance applies."""
-        idx = index.to(torch.float32)
-        if self.cfg_schedule == "linear":
-            scale = 1.0 + (self.cfg_scale - 1.0) * idx / max(total - 1, 1)
-        elif self.cfg_schedule == "var":
-            scale = 1.0 + self.cfg_scale * (idx / max(total - 1, 1))
-        else:
-            scale = torch.full_like(idx, float(self.cfg_scale))
-        off = torch.full_like(index, not self.guided, dtype=torch.bool)
-        if self.cfg_interval > -1:
-            off |= index > self.cfg_interval + 1
-        return scale.masked_fill(off, float("nan"))
+        table = [self.scale_at(i, total) for i in range(int(index.max()) + 1)]
+        table_t = torch.tensor([float("nan") if s is None else s for s in table], device=index.device)
+        return table_t[index]
 
     def as_dict(self) -> dict:
         return asdict(self)

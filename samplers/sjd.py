@@ -93,24 +93,26 @@ def _check(window: int, init: str, model) -> None:
 
 def _init_drafts(tokens: torch.Tensor, fill: torch.Tensor, first_pos: torch.Tensor, codes: torch.Tensor,
                  last: torch.Tensor, init: str, grid_w: int, vocab: int, rng: torch.Generator | None) -> torch.Tensor:
-    """Fill the drafts where ``fill`` (B, K) with the init strategy; draft k sits at image position
-    first_pos + k; codes (B, N) holds the committed tokens (positions < first_pos)."""
+    """Fill the drafts where ``fill`` (B, K, a suffix of each row) with the init strategy; draft k
+    sits at image position first_pos + k; codes (B, N) holds the committed tokens (positions <
+    first_pos), ``last`` the last of them."""
     if not bool(fill.any()):
         return tokens
     if init == "random":
         rand = torch.randint(vocab, tokens.shape, generator=rng, device=tokens.device)
         return torch.where(fill, rand, tokens)
+    if init == "repeat-left":  # every filled slot repeats the token just before the suffix
+        before = torch.cat([last[:, None], tokens], dim=1).gather(1, (~fill).sum(1, keepdim=True))
+        return torch.where(fill, before, tokens)
     out = tokens.clone()
     n = codes.shape[1]
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     for k in range(tokens.shape[1]):
         left = last if k == 0 else out[:, k - 1]
-        new = left
-        if init == "repeat-above":
-            above = first_pos + k - grid_w
-            committed = codes[rows, above.clamp(0, n - 1)]
-            drafted = out[:, k - grid_w] if k >= grid_w else committed
-            new = torch.where(above < 0, left, torch.where(above < first_pos, committed, drafted))
+        above = first_pos + k - grid_w  # repeat-above; the first grid row repeats left
+        committed = codes[rows, above.clamp(0, n - 1)]
+        drafted = out[:, k - grid_w] if k >= grid_w else committed
+        new = torch.where(above < 0, left, torch.where(above < first_pos, committed, drafted))
         out[:, k] = torch.where(fill[:, k], new, out[:, k])
     return out
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 
@@ -36,9 +37,8 @@ class SamplerStats:
         self.forward_passes += other.forward_passes
         self.wall_time_s += other.wall_time_s
         self.accepted_history += other.accepted_history
-        n = max(len(self.accept_histogram), len(other.accept_histogram))
-        pad = lambda h: h + [0] * (n - len(h))  # noqa: E731
-        self.accept_histogram = [a + b for a, b in zip(pad(self.accept_histogram), pad(other.accept_histogram))]
+        pairs = zip_longest(self.accept_histogram, other.accept_histogram, fillvalue=0)
+        self.accept_histogram = [a + b for a, b in pairs]
         self.batches += other.batches
         if self.latents is not None and other.latents is not None:
             import torch
