@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--disc-weight", type=float, default=0.0, help="> 0 adds a PatchGAN adversarial loss")
     tt.add_argument("--disc-start", type=int, default=0)
     tt.add_argument("--dead-code-threshold", type=float, default=0.03,
-                    help="re-seed codes used less than this fraction of a uniform share (0 = off)")
+                    help="re-seed codes used less than this fraction of a uniform share (0 = off). Restarts "
+                         "raise codebook use on varied images, but on simple data (flat colours, shapes) they "
+                         "spread one content over many codes that the generator must then learn: use 0 there")
     tt.set_defaults(func=cmd_train_tokenizer)
     tg = tsub.add_parser("generator", help="a LlamaGen-style GPT (VQ tokenizer) or a VAR (multi-scale tokenizer)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)

@@ -40,7 +40,8 @@ class ARPipeline:
         if getattr(generator, "kind", None) == "scale":  # a scale-wise model builds its inputs with the tokenizer
             generator.bind_tokenizer(tokenizer)
             image_size = image_size or tokenizer.image_size
-        grid = getattr(generator, "token_grid", None)
+        # the tokenizer's latent grid the generator works on (MAR may pack p x p latents per token)
+        grid = getattr(generator, "latent_grid" if generator.kind == "continuous" else "token_grid", None)
         self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else None)
         if grid and self.image_size and tokenizer.latent_grid(self.image_size) != tuple(grid):
             raise ConfigError(
@@ -128,10 +129,15 @@ class ARPipeline:
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped). Scale-wise codes are flat, in scale order."""
+        """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped). Scale-wise codes are flat, in scale
+        order; continuous tokens (B, N, C) are unpatchified to the tokenizer's latents."""
         dev = self.tokenizer_device
         if self.tokenizer.kind == "multiscale":
             outs = [self.tokenizer.decode(codes[i : i + batch_size].to(dev)) for i in range(0, codes.shape[0], batch_size)]
+            return torch.cat(outs).clamp(-1, 1)
+        if self.tokenizer.kind == "continuous":  # tokens (B, N, C) -> latents -> images
+            outs = [self.tokenizer.decode(self.generator.unpatchify(codes[i : i + batch_size]).to(dev))
+                    for i in range(0, codes.shape[0], batch_size)]
             return torch.cat(outs).clamp(-1, 1)
         grid = tuple(self.generator.token_grid)
         outs = [

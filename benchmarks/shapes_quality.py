@@ -55,10 +55,11 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out.clamp(-1, 1)
 
 
-def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> float:
-    """Mean number of distinct codes a tokenizer gives the flat patches of one colour (a patch per
-    token, per-channel std < 0.02): 1 is ideal; many codes for the same flat colour is entropy the
-    generator must model without any image content behind it."""
+def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> tuple[float, float]:
+    """Tokenizer consistency: over the patches of one flat palette colour (every pixel of the
+    token's patch within 0.02 of the patch mean), the number of distinct codes and their perplexity
+    exp(entropy), averaged over the palette colours. 1 is ideal; a high perplexity is entropy the
+    generator must model without any image content behind it (dead-code restarts raise it)."""
     b, h, w = codes.shape
     ph, pw = images.shape[-2] // h, images.shape[-1] // w
     patches = images.unfold(2, ph, ph).unfold(3, pw, pw)  # (B, 3, h, w, ph, pw)
@@ -68,8 +69,16 @@ def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> float:
     seen: dict[tuple, list] = {}
     for c, k in zip(map(tuple, colour.tolist()), codes[uniform].tolist()):
         seen.setdefault(c, []).append(k)
-    common = [set(v) for v in seen.values() if len(v) >= 0.01 * len(colour)]  # the palette colours
-    return sum(len(v) for v in common) / max(len(common), 1)
+    common = [torch.tensor(v) for v in seen.values() if len(v) >= 0.01 * len(colour)]  # the palette colours
+    if not common:
+        return 0.0, 0.0
+    distinct = [len(v.unique()) for v in common]
+    perplexity = []
+    for v in common:
+        p = v.bincount().float()
+        p = p[p > 0] / len(v)
+        perplexity.append(float(torch.exp(-(p * p.log()).sum())))
+    return sum(distinct) / len(common), sum(perplexity) / len(common)
 
 
 def train_classifier(resolution: int, steps: int, seed: int = 0) -> tuple[nn.Module, float]:
@@ -130,9 +139,10 @@ def main() -> None:
             rec = tokenizer.decode(codes).clamp(-1, 1)
             acc = [(net(im).argmax(-1) == y).float().mean().item() for im in (x, rec)]
         grid = codes[-1] if isinstance(codes, (list, tuple)) else codes  # multi-scale: the finest scale
+        distinct, perplexity = flat_patch_codes(x, grid)
         result = {"model": args.model, "images": args.reconstruct, "reconstruction_mse": F.mse_loss(rec, x).item(),
                   "judge_accuracy_originals": acc[0], "judge_accuracy_reconstructions": acc[1],
-                  "codes_per_flat_colour": flat_patch_codes(x, grid)}
+                  "codes_per_flat_colour": distinct, "code_perplexity_per_flat_colour": perplexity}
         print(json.dumps(result, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2))

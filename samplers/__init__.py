@@ -18,6 +18,7 @@ import torch
 from argen.errors import ConfigError
 from argen.samplers.ar import sample_ar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
+from argen.samplers.mar import sample_mar
 from argen.samplers.scales import sample_scales
 from argen.samplers.sjd import sample_sjd
 from argen.samplers.stats import SamplerStats
@@ -35,8 +36,9 @@ class SamplerSpec:
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "ar": SamplerSpec(
-        {"token": sample_ar, "scale": sample_scales},
-        "plain autoregressive decoding with a KV cache: token by token, or scale by scale",
+        {"token": sample_ar, "scale": sample_scales, "continuous": sample_mar},
+        "plain autoregressive decoding: token by token or scale by scale with a KV cache, or MAR's masked "
+        "iterations with a diffusion head per token",
     ),
     "sjd": SamplerSpec(
         {"token": sample_sjd},
@@ -87,7 +89,8 @@ def sample(
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample codes for ``classes`` (a list/tensor of class ids, or t2i caption features).
 
-    Returns (codes, stats): codes (B, N) int64 (scale-wise models: all scales, flat, in scale order).
+    Returns (codes, stats): codes (B, N) int64 (scale-wise models: all scales, flat, in scale order;
+    continuous-token models: tokens (B, N, C) float).
     ``generator`` overrides ``seed``. ``cfg_schedule`` / ``top_p_rule`` default to the model's own
     conventions (``model.sampling_conventions``; LlamaGen: constant / hf, VAR: var / var).
     """

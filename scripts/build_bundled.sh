@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 argen train tokenizer --data shapes --preset small --resolution 64 --steps 1600 --batch-size 16 \
-  --lr 2e-3 --warmup-steps 100 --codebook-size 512 --sample-every 400 --checkpoint-every 400 --out "$RUNS/shapes-vq"
+  --lr 2e-3 --warmup-steps 100 --codebook-size 512 --dead-code-threshold 0 --sample-every 400 --checkpoint-every 400 --out "$RUNS/shapes-vq"
 argen train generator --tokenizer "$RUNS/shapes-vq" --data shapes --preset small --resolution 64 \
   --steps 3000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
   --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-llamagen"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 argen train tokenizer --kind multiscale --data shapes --preset small --resolution 64 --steps 1200 --batch-size 16 \
-  --lr 2e-3 --warmup-steps 100 --codebook-size 256 --sample-every 400 --checkpoint-every 400 --out "$RUNS/shapes-msvq"
+  --lr 2e-3 --warmup-steps 100 --codebook-size 256 --dead-code-threshold 0 --sample-every 400 --checkpoint-every 400 --out "$RUNS/shapes-msvq"
 argen train generator --kind var --tokenizer "$RUNS/shapes-msvq" --data shapes --preset small --resolution 64 \
   --steps 1800 --batch-size 16 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
   --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-var"

@@ -1,0 +1,264 @@
+"""MAR (masked autoregressive generation with a per-token diffusion head, arXiv 2406.11838): an MAE-
+style encoder/decoder transformer over continuous VAE tokens that predicts, for every masked token,
+a condition z from which the diffusion head samples the token.
+
+Key names and numerics follow the official ``models/mar.py`` (MAR-B/L/H), so official checkpoints
+load strictly and give the official outputs.
+
+    mar = MAR(MARConfig.preset("mar_base"))
+    tokens = mar.patchify(latents)                    # (B, 16, 16, 16) latents*0.2325 -> (B, 256, 16)
+    loss = mar(tokens, labels)                        # training: random order, masked diffusion loss
+    z = mar.conditions(tokens, mask, class_embedding) # inference: (B, 256, D) per-token conditions
+    x = mar.diffloss.sample(z[mask_to_pred], temperature, cfg)   # what argen.samplers' mar sampler does
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from argen.errors import ConfigError
+from argen.generators.condition import check_class_ids
+from argen.generators.mar_head import DiffusionHead
+from argen.modeling import Pretrained, build_config, register
+from argen.nn.linear import Linear
+from argen.nn.vit import ViTBlock
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the evaluated checkpoints' diffusion MLPs (main_mar.py's defaults are 12 / 1536)
+    "mar_base": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, decoder_embed_dim=768,
+                     decoder_depth=12, decoder_num_heads=12, diffloss_d=6, diffloss_w=1024),
+    "mar_large": dict(encoder_embed_dim=1024, encoder_depth=16, encoder_num_heads=16, decoder_embed_dim=1024,
+                      decoder_depth=16, decoder_num_heads=16, diffloss_d=8, diffloss_w=1280),
+    "mar_huge": dict(encoder_embed_dim=1280, encoder_depth=20, encoder_num_heads=16, decoder_embed_dim=1280,
+                     decoder_depth=20, decoder_num_heads=16, diffloss_d=12, diffloss_w=1536),
+}
+
+
+@dataclass
+class MARConfig:
+    """The official ``MAR`` constructor arguments (``norm_layer`` is LayerNorm eps 1e-6 in all of them)."""
+
+    img_size: int = 256
+    vae_stride: int = 16
+    patch_size: int = 1
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 16
+    encoder_num_heads: int = 16
+    decoder_embed_dim: int = 1024
+    decoder_depth: int = 16
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    vae_embed_dim: int = 16
+    mask_ratio_min: float = 0.7
+    label_drop_prob: float = 0.1
+    class_num: int = 1000
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    buffer_size: int = 64
+    diffloss_d: int = 3
+    diffloss_w: int = 1024
+    num_sampling_steps: str | int = "100"
+    diffusion_batch_mul: int = 4
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.vae_stride:
+            raise ConfigError(f"img_size {self.img_size} must be a multiple of vae_stride {self.vae_stride}")
+        if (self.img_size // self.vae_stride) % self.patch_size:
+            raise ConfigError(f"the latent size {self.img_size // self.vae_stride} must be a multiple of patch_size {self.patch_size}")
+        for what, dim, heads in (("encoder", self.encoder_embed_dim, self.encoder_num_heads),
+                                 ("decoder", self.decoder_embed_dim, self.decoder_num_heads)):
+            if dim % heads:
+                raise ConfigError(f"{what}_embed_dim {dim} must be a multiple of {what}_num_heads {heads}")
+        if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
+            raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
+
+    @classmethod
+    def preset(cls, name: str | None, **overrides: Any) -> "MARConfig":
+        return build_config(cls, PRESETS, name, overrides, "MAR")
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.vae_stride // self.patch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid**2
+
+    @property
+    def token_embed_dim(self) -> int:
+        return self.vae_embed_dim * self.patch_size**2
+
+
+def _mask_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B, L, C) where ``keep`` (B, L) is True, as (B, n, C): every row keeps the same count."""
+    b = x.shape[0]
+    return x[keep].reshape(b, -1, x.shape[-1])
+
+
+@register("mar")
+class MAR(Pretrained):
+    """Continuous-token generator: ``conditions`` gives per-token diffusion conditions for a partly
+    known token sequence; ``diffloss`` samples tokens from them. Masks: 1 / True = unknown (masked)."""
+
+    config_class = MARConfig
+    kind = "continuous"
+    sampling_conventions = {"cfg_schedule": "linear"}
+
+    def __init__(self, config: MARConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        enc, dec, n, buf = c.encoder_embed_dim, c.decoder_embed_dim, c.seq_len, c.buffer_size
+        self.class_emb = nn.Embedding(c.class_num, enc)
+        self.fake_latent = nn.Parameter(torch.zeros(1, enc))
+        self.z_proj = Linear(c.token_embed_dim, enc)
+        self.z_proj_ln = nn.LayerNorm(enc, eps=1e-6)
+        self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, n + buf, enc))
+        block = dict(mlp_ratio=c.mlp_ratio, attn_drop=c.attn_dropout, proj_drop=c.proj_dropout)
+        self.encoder_blocks = nn.ModuleList(ViTBlock(enc, c.encoder_num_heads, **block) for _ in range(c.encoder_depth))
+        self.encoder_norm = nn.LayerNorm(enc, eps=1e-6)
+        self.decoder_embed = Linear(enc, dec)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec))
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, n + buf, dec))
+        self.decoder_blocks = nn.ModuleList(ViTBlock(dec, c.decoder_num_heads, **block) for _ in range(c.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(dec, eps=1e-6)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, n, dec))
+        self.diffloss = DiffusionHead(c.token_embed_dim, dec, c.diffloss_w, c.diffloss_d, int(c.num_sampling_steps))
+
+    def init_weights(self) -> None:
+        """The official initialisation (N(0, 0.02) embeddings and tokens, xavier linears)."""
+        for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
+                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.diffloss.net.init_weights()
+
+    # -- protocol attributes ---------------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def token_dim(self) -> int:
+        return self.config.token_embed_dim
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return (self.config.grid, self.config.grid)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.class_num
+
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        g = self.config.img_size // self.config.vae_stride
+        return (g, g)
+
+    def check_condition(self, cond: Any, allow_null: bool = False) -> torch.Tensor:
+        return check_class_ids(cond, self.config.class_num, self.fake_latent.device)
+
+    def class_embedding(self, labels: torch.Tensor | None, batch_size: int | None = None) -> torch.Tensor:
+        """Class embeddings (B, D); ``labels`` None gives the unconditional ``fake_latent`` rows."""
+        if labels is None:
+            return self.fake_latent.expand(batch_size, -1)
+        return self.class_emb(labels)
+
+    # -- tokens <-> latents ------------------------------------------------------------------------
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/p * W/p, C * p * p), channels outermost inside a token."""
+        b, c, h, w = latents.shape
+        if c != self.config.vae_embed_dim or (h, w) != self.latent_grid:
+            raise ConfigError(f"latents must be (B, {self.config.vae_embed_dim}, {self.latent_grid[0]}, "
+                              f"{self.latent_grid[1]}) for this MAR, got {tuple(latents.shape)}")
+        p = self.config.patch_size
+        x = latents.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        b = tokens.shape[0]
+        p, c, g = self.config.patch_size, self.config.vae_embed_dim, self.config.grid
+        x = tokens.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, c, g * p, g * p)
+
+    # -- the transformer -----------------------------------------------------------------------------
+    def _with_buffer(self, mask: torch.Tensor) -> torch.Tensor:
+        return torch.cat([mask.new_zeros(mask.shape[0], self.config.buffer_size), mask], dim=1).bool()
+
+    def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+        """Known tokens (mask 0) plus the buffer, all buffer positions set to the class embedding ->
+        encoder outputs (B, buffer + #known, D)."""
+        x = self.z_proj(tokens)
+        b, _, d = x.shape
+        buf = self.config.buffer_size
+        x = torch.cat([class_embedding[:, None].expand(b, buf, d).to(x.dtype), x], dim=1)
+        x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        x = _mask_rows(x, ~self._with_buffer(mask))
+        for blk in self.encoder_blocks:
+            x = blk(x)
+        return self.encoder_norm(x)
+
+    def forward_mae_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scatter the encoder outputs into a full sequence of mask tokens -> conditions (B, L, D)."""
+        x = self.decoder_embed(x)
+        masked = self._with_buffer(mask)
+        full = self.mask_token.to(x.dtype).expand(masked.shape[0], masked.shape[1], -1).clone()
+        full[~masked] = x.reshape(-1, x.shape[-1])
+        x = full + self.decoder_pos_embed_learned
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)[:, self.config.buffer_size :]
+        return x + self.diffusion_pos_embed_learned
+
+    def conditions(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+        """Per-token diffusion conditions z (B, L, D) given the known tokens (mask 0)."""
+        if mask.shape != tokens.shape[:2]:
+            raise ConfigError(f"mask {tuple(mask.shape)} must match tokens {tuple(tokens.shape[:2])}")
+        counts = mask.bool().sum(1)
+        if bool((counts != counts[0]).any()):
+            raise ConfigError("every row must mask the same number of tokens (MAR's encoder packs the known ones)")
+        return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, class_embedding), mask)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def random_orders(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random generation order per sample (B, L)."""
+        dev = self.fake_latent.device
+        return torch.stack([torch.randperm(self.seq_len, generator=generator, device=dev) for _ in range(batch_size)])
+
+    def random_mask(self, orders: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training mask (B, L) float: the first ceil(L * r) positions of each order, r drawn from a
+        normal(1, 0.25) truncated to [mask_ratio_min, 1] (one r per batch, as the official)."""
+        lo, n = self.config.mask_ratio_min, self.seq_len
+        while True:  # truncated normal by rejection
+            r = 1.0 + 0.25 * float(torch.randn((), generator=generator))
+            if lo <= r <= 1.0:
+                break
+        k = int(math.ceil(n * r))
+        mask = torch.zeros(orders.shape, device=orders.device)
+        return mask.scatter(1, orders[:, :k], 1.0)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss for tokens (B, L, C) of classes ``labels``: mask a random subset, predict
+        conditions, diffusion loss on the masked tokens (each repeated ``diffusion_batch_mul`` times)."""
+        b = tokens.shape[0]
+        emb = self.class_emb(labels)
+        if self.training and self.config.label_drop_prob > 0:
+            drop = (torch.rand(b, device=tokens.device, generator=generator) < self.config.label_drop_prob)
+            emb = torch.where(drop[:, None], self.fake_latent.to(emb.dtype), emb)
+        mask = self.random_mask(self.random_orders(b, generator), generator)
+        z = self.conditions(tokens, mask, emb)
+        mul = self.config.diffusion_batch_mul
+        target = tokens.reshape(b * self.seq_len, -1).repeat(mul, 1)
+        return self.diffloss.loss(target, z.reshape(b * self.seq_len, -1).repeat(mul, 1), mask.reshape(-1).repeat(mul),
+                                  generator=generator)
