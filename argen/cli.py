@@ -80,6 +80,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             window=args.window,
             init=args.init,
+            num_iter=args.num_iter,
+            diffusion_steps=args.diffusion_steps,
         ).items()
         if v is not None
     }
@@ -178,6 +180,22 @@ def cmd_convert_var(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_mar(args: argparse.Namespace) -> int:
+    from argen.convert.mar import load_mar, load_vae
+    from argen.pipeline import ARPipeline
+    from argen.zoo import MAR_EVAL
+
+    mar_args = {**_json_file(args.mar_config), **parse_key_values(args.mar_arg)}
+    vae_args = {**_json_file(args.vae_config), **parse_key_values(args.vae_arg)}
+    vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
+    mar = load_mar(args.mar_ckpt, None if mar_args.get("encoder_embed_dim") else args.mar_model, ema=not args.raw, **mar_args)
+    defaults = {**MAR_EVAL, "cfg_scale": args.cfg, "cfg_schedule": args.cfg_schedule}
+    pipe = ARPipeline(mar, vae, defaults=defaults, name=Path(args.out).name)
+    pipe.save_pretrained(args.out)
+    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": mar.config.__dict__}))
+    return 0
+
+
 # -- train -----------------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace):
     from argen.train import TrainSettings
@@ -265,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default="ar", help="ar (plain, token- or scale-wise) or sjd (speculative Jacobi, token-wise)")
     g.add_argument("--window", type=int, help="sjd: tokens per forward pass (default 16)")
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
-    g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen: 1 = off; VAR: 0 = off)")
+    g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
+    g.add_argument("--diffusion-steps", type=int, help="MAR: diffusion-head reverse steps per token")
+    g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen, MAR: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
     g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")
     g.add_argument("--top-p-rule", choices=["hf", "var"], help="default: the model's own")
@@ -375,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     vr.add_argument("--top-p", type=float, default=0.95)
     vr.add_argument("--out", required=True)
     vr.set_defaults(func=cmd_convert_var)
+    mr = csub.add_parser("mar", help="MAR transformer + diffusion head, with the KL-16 VAE")
+    mr.add_argument("--mar-ckpt", required=True, help="checkpoint-last.pth of mar_base / mar_large / mar_huge")
+    mr.add_argument("--vae-ckpt", required=True, help="kl16.ckpt")
+    mr.add_argument("--mar-model", default="mar_base", help="mar_base, mar_large, mar_huge")
+    mr.add_argument("--mar-config", help="JSON file of official MAR arguments (for custom sizes)")
+    mr.add_argument("--mar-arg", action="append", help="official MAR key=value (repeatable)")
+    mr.add_argument("--vae-config", help="JSON file of official AutoencoderKL arguments")
+    mr.add_argument("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable)")
+    mr.add_argument("--raw", action="store_true", help="the raw 'model' weights instead of the EMA ('model_ema')")
+    mr.add_argument("--cfg", type=float, default=2.9, help="default guidance written to the model (B 2.9, L 3.0, H 3.2)")
+    mr.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
+    mr.add_argument("--out", required=True)
+    mr.set_defaults(func=cmd_convert_mar)
     return p
 
 

@@ -31,6 +31,7 @@ class ZooEntry:
     tokenizer_args: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     params: str = ""
+    urls: dict[str, str] = field(default_factory=dict)  # component -> direct URL (releases not on the hub)
 
 
 def _llamagen(size: str, preset: str, params: str, res: int, fid: str) -> ZooEntry:
@@ -70,6 +71,33 @@ def _var(depth: int, params: str, fid: str) -> ZooEntry:
     )
 
 
+MAR_REPO = "LTH14/mar"  # released on Dropbox (util/download.py); file names as its pretrained_models/ folder
+MAR_URLS = {
+    "vae": "https://www.dropbox.com/scl/fi/hhmuvaiacrarfg28qxhwz/kl16.ckpt?rlkey=l44xipsezc8atcffdp4q7mwmh&dl=1",
+    "base": "https://www.dropbox.com/scl/fi/f6dpuyjb7fudzxcyhvrhk/checkpoint-last.pth?rlkey=a6i4bo71vhfo4anp33n9ukujb&dl=1",
+    "large": "https://www.dropbox.com/scl/fi/pxacc5b2mrt3ifw4cah6k/checkpoint-last.pth?rlkey=m48ovo6g7ivcbosrbdaz0ehqt&dl=1",
+    "huge": "https://www.dropbox.com/scl/fi/1qmfx6fpy3k7j9vcjjs3s/checkpoint-last.pth?rlkey=4lae281yzxb406atp32vzc83o&dl=1",
+}
+# the official evaluation protocol (README FIDs): 256 iterations, 100 diffusion steps, linear cfg ramp
+MAR_EVAL = {"cfg_scale": 2.9, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 256, "diffusion_steps": 100}
+
+
+def _mar(size: str, cfg: float, params: str, fid: str) -> ZooEntry:
+    return ZooEntry(
+        name=f"mar-{size}",
+        family="mar",
+        description=f"MAR-{size[0].upper()} class-to-image, ImageNet 256px, KL-16 tokens + diffusion head (FID {fid})",
+        image_size=256,
+        repo_id=MAR_REPO,
+        files={"generator": f"mar/mar_{size}/checkpoint-last.pth", "tokenizer": "vae/kl16.ckpt"},
+        urls={"generator": MAR_URLS[size], "tokenizer": MAR_URLS["vae"]},
+        generator_args={"preset": f"mar_{size}"},
+        tokenizer_args={"preset": "kl16"},
+        defaults={**MAR_EVAL, "cfg_scale": cfg},
+        params=params,
+    )
+
+
 OFFICIAL: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -85,6 +113,9 @@ OFFICIAL: dict[str, ZooEntry] = {
         _var(24, "1.0B", "2.33"),
         _var(30, "2.0B", "1.97"),
         _var(36, "2.4B", "2.63 @512"),
+        _mar("base", 2.9, "208M", "2.31"),
+        _mar("large", 3.0, "479M", "1.78"),
+        _mar("huge", 3.2, "943M", "1.55"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name
@@ -118,14 +149,27 @@ def _build_var(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipe
     return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
 
 
+def _build_mar(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
+    from argen.convert.mar import load_mar, load_vae
+
+    vae = load_vae(paths["tokenizer"], **entry.tokenizer_args, device=device)
+    gen = load_mar(paths["generator"], **entry.generator_args, device=device, dtype=dtype)
+    return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+
+
 def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
     """The official architecture with seeded random weights (output layers non-zero, so the logits
     are not all equal)."""
-    from argen.generators import VAR, LlamaGen, LlamaGenConfig, VARConfig
-    from argen.tokenizers import MultiScaleVQConfig, MultiScaleVQVAE, VQConfig, VQTokenizer
+    from argen.generators import MAR, VAR, LlamaGen, LlamaGenConfig, MARConfig, VARConfig
+    from argen.tokenizers import KLVAE, KLConfig, MultiScaleVQConfig, MultiScaleVQVAE, VQConfig, VQTokenizer
 
     torch.manual_seed(0)
-    if entry.family == "var":
+    if entry.family == "mar":
+        tok = KLVAE(KLConfig.preset(entry.tokenizer_args["preset"]))
+        gen = MAR(MARConfig.preset(entry.generator_args["preset"]))
+        gen.init_weights()
+        torch.nn.init.normal_(gen.diffloss.net.final_layer.linear.weight, std=0.02)
+    elif entry.family == "var":
         tok = MultiScaleVQVAE(MultiScaleVQConfig.preset(entry.tokenizer_args["preset"]))
         gen = VAR(VARConfig.preset(entry.generator_args["preset"]))
         gen.init_weights()
@@ -140,7 +184,7 @@ def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
     return ARPipeline(gen, tok.to(device).eval(), image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
 
 
-BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var}
+BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var, "mar": _build_mar}
 
 
 ASSETS = Path(os.environ.get("ARGEN_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
@@ -226,7 +270,8 @@ def load(
             f"(or pass a folder written by save_pretrained / `argen convert`)"
         )
     paths = {
-        comp: resolve_file(entry.repo_id, fname, checkpoint_dir=checkpoint_dir, local_files_only=local_files_only)
+        comp: resolve_file(entry.repo_id, fname, checkpoint_dir=checkpoint_dir, local_files_only=local_files_only,
+                           url=entry.urls.get(comp))
         for comp, fname in entry.files.items()
     }
     return BUILDERS[entry.family](entry, paths, device, dtype)

@@ -139,3 +139,109 @@ def test_training_loss_decreases_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6
+
+
+@pytest.mark.parametrize("name", ["mar_base", "mar_large", "mar_huge"])
+def test_released_layouts_load_strictly(name):
+    import json
+
+    from argen.convert.checkpoint import load_into
+    from conftest import LAYOUTS
+
+    layout = json.loads((LAYOUTS / f"{name}.json").read_text())
+    model = MAR.from_config(MARConfig.preset(name), device="meta")
+    load_into(model, {k: torch.empty(s, device="meta") for k, s in layout["tensors"].items()}, source=name)
+    assert sum(p.numel() for p in model.parameters()) == layout["num_params"]
+
+
+# -- official checkpoint files -> argen folder -> CLI ---------------------------------------------------
+TINY_MAR_ARGS = {**fixture_config("mar_tiny"), "img_size": 16, "vae_stride": 4}  # the tiny VAE downsamples 4x
+
+
+def _official_files(tmp_path):
+    weights = fixture_weights("mar_tiny")
+    ema = {k: v + 0.01 for k, v in weights.items()}  # EMA weights differ from the raw ones
+    torch.save({"model": weights, "model_ema": ema, "epoch": 3}, tmp_path / "checkpoint-last.pth")
+    vae = fixture_weights("mar_vae_tiny")
+    torch.save({"model": {**vae, "loss.logvar": torch.zeros(())}}, tmp_path / "kl.ckpt")
+    return weights, ema
+
+
+def test_load_mar_takes_the_ema_weights_by_default(tmp_path):
+    from argen.convert.mar import load_mar
+
+    weights, ema = _official_files(tmp_path)
+    m = load_mar(tmp_path / "checkpoint-last.pth", **TINY_MAR_ARGS)
+    torch.testing.assert_close(m.fake_latent, ema["fake_latent"])
+    raw = load_mar(tmp_path / "checkpoint-last.pth", ema=False, **TINY_MAR_ARGS)
+    torch.testing.assert_close(raw.fake_latent, weights["fake_latent"])
+    torch.save({"model": weights}, tmp_path / "raw_only.pth")
+    with pytest.raises(ConfigError, match="ema=False"):
+        load_mar(tmp_path / "raw_only.pth", **TINY_MAR_ARGS)
+    with pytest.raises(ConfigError, match="preset"):
+        load_mar(tmp_path / "checkpoint-last.pth")
+    from argen.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="diffloss.net.final_layer.linear.bias"):
+        load_mar({"model_ema": {k: v for k, v in ema.items() if k != "diffloss.net.final_layer.linear.bias"}},
+                 **TINY_MAR_ARGS)
+
+
+def test_convert_and_generate_cli(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _official_files(tmp_path)
+    vae_cfg = fixture_config("mar_vae_tiny")
+    vae_args = [f"--vae-arg={k}={json.dumps(vae_cfg[k])}" for k in ("embed_dim", "ch", "ch_mult", "num_res_blocks")]
+    mar_args = [f"--mar-arg={k}={json.dumps(v)}" for k, v in TINY_MAR_ARGS.items()]
+    out = tmp_path / "mar-tiny"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "argen", "convert", "mar", "--mar-ckpt", str(tmp_path / "checkpoint-last.pth"),
+                        "--vae-ckpt", str(tmp_path / "kl.ckpt"), *mar_args, *vae_args, "--out", str(out)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "argen", "generate", "-q", "--model", str(out), "--classes", "1", "2",
+                        "--num-iter", "3", "--diffusion-steps", "4", "--cfg", "2.0", "--out", str(tmp_path / "g.png")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["forward_passes"] == 3 and report["classes"] == [1, 2]
+    assert Image.open(tmp_path / "g.png").size == (2 * 16 + 3 * 2, 16 + 2 * 2)
+
+
+def test_pipeline_decodes_tokens_through_the_vae(tmp_path):
+    import argen
+    from argen.convert.mar import load_mar, load_vae
+    from argen.pipeline import ARPipeline
+
+    _official_files(tmp_path)
+    vae_cfg = fixture_config("mar_vae_tiny")
+    vae = load_vae(tmp_path / "kl.ckpt", None, **{k: vae_cfg[k] for k in ("embed_dim", "ch", "ch_mult", "num_res_blocks")})
+    mar = load_mar(tmp_path / "checkpoint-last.pth", **TINY_MAR_ARGS)
+    pipe = ARPipeline(mar, vae, defaults={"cfg_scale": 3.0, "num_iter": 2, "diffusion_steps": 3})
+    images = pipe.generate([0, 5], seed=3, output_type="pt")
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+    tokens = pipe.last_codes
+    torch.testing.assert_close(images, vae.decode(mar.unpatchify(tokens)).clamp(-1, 1))
+    pipe.save_pretrained(tmp_path / "saved")
+    again = argen.load(tmp_path / "saved").generate([0, 5], seed=3, output_type="pt")
+    torch.testing.assert_close(again, images)
+    with pytest.raises(ConfigError, match="vae_embed_dim"):
+        ARPipeline(MAR(MARConfig(**{**TINY_MAR_ARGS, "vae_embed_dim": 8})), vae)
+
+
+def test_official_mar_offline_says_how_to_provide_the_files(tmp_path, monkeypatch):
+    import argen
+    from argen.errors import DownloadError
+
+    monkeypatch.setenv("ARGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match=r"dropbox.*FOLDER/mar/mar_base/checkpoint-last.pth.*checkpoint_dir"):
+        argen.load("mar-base")
+    with pytest.raises(DownloadError, match="is not in"):
+        argen.load("mar-base", checkpoint_dir=tmp_path, local_files_only=True)

@@ -3,8 +3,12 @@
 The protocol every tokenizer follows: ``kind`` ('discrete', 'multiscale', 'continuous', 'bits',
 'pixels'), ``encode(images) -> codes``, ``decode(codes) -> images`` with images as float tensors in
 [-1, 1], NCHW, ``codebook_size`` (discrete kinds) and ``latent_grid(image_size) -> (h, w)``.
+Continuous tokenizers code images as scaled latents (B, ``latent_channels``, h, w) and take
+``encode(images, sample=False, generator=None)`` to draw from their posterior.
 """
+from argen.tokenizers.diffusers_vae import DiffusersVAE
+from argen.tokenizers.kl import KLConfig, KLVAE
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
-__all__ = ["MultiScaleVQConfig", "MultiScaleVQVAE", "VQConfig", "VQTokenizer"]
+__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "VQConfig", "VQTokenizer"]

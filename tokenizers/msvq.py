@@ -21,8 +21,9 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.tokenizers.blocks import Downsample, FusedAttnBlock, ResnetBlock, Upsample, group_norm
+from argen.tokenizers.blocks import FusedAttnBlock
 from argen.tokenizers.codebook import CodeRestarts
+from argen.tokenizers.taming import Decoder, Encoder, TamingArch
 
 PATCH_NUMS_256 = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
 PATCH_NUMS_512 = [1, 2, 3, 4, 6, 9, 13, 18, 24, 32]
@@ -80,88 +81,22 @@ class MultiScaleVQConfig:
         return sum(p * p for p in self.v_patch_nums)
 
 
-class _Stage(nn.Module):
-    """One resolution level of the taming layout: ``block.i``, ``attn.i``, then down/upsampling."""
-
-    def __init__(self, cin: int, cout: int, n: int, attn: bool, resample: type | None, cfg: MultiScaleVQConfig) -> None:
-        super().__init__()
-        g = cfg.norm_groups
-        self.block = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, cfg.dropout, g) for i in range(n))
-        self.attn = nn.ModuleList(FusedAttnBlock(cout, g) for _ in range(n if attn else 0))
-        if resample is Downsample:
-            self.downsample = Downsample(cout)
-        elif resample is Upsample:
-            self.upsample = Upsample(cout)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.block):
-            h = block(h)
-            if len(self.attn):
-                h = self.attn[i](h)
-        if hasattr(self, "downsample"):
-            h = self.downsample(h)
-        if hasattr(self, "upsample"):
-            h = self.upsample(h)
-        return h
+def _taming_arch(cfg: MultiScaleVQConfig) -> TamingArch:
+    """VAR's encoder/decoder: fused-qkv attention, at the lowest level on both sides when ``using_sa``."""
+    return TamingArch(
+        cfg.ch, tuple(cfg.ch_mult), cfg.num_res_blocks, cfg.dropout, cfg.norm_groups, FusedAttnBlock,
+        encoder_attn=cfg.using_sa, decoder_attn=cfg.using_sa, mid_attn=cfg.using_mid_sa,
+    )
 
 
-class _Mid(nn.Module):
-    def __init__(self, c: int, cfg: MultiScaleVQConfig) -> None:
-        super().__init__()
-        self.block_1 = ResnetBlock(c, c, cfg.dropout, cfg.norm_groups)
-        self.attn_1 = FusedAttnBlock(c, cfg.norm_groups) if cfg.using_mid_sa else nn.Identity()
-        self.block_2 = ResnetBlock(c, c, cfg.dropout, cfg.norm_groups)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(h)))
-
-
-class MSEncoder(nn.Module):
+class MSEncoder(Encoder):
     def __init__(self, cfg: MultiScaleVQConfig) -> None:
-        super().__init__()
-        ch, mult, n = cfg.ch, cfg.ch_mult, len(cfg.ch_mult)
-        self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
-        ins = [ch] + [ch * m for m in mult[:-1]]
-        self.down = nn.ModuleList(
-            _Stage(ins[i], ch * mult[i], cfg.num_res_blocks, cfg.using_sa and i == n - 1,
-                   Downsample if i < n - 1 else None, cfg)
-            for i in range(n)
-        )
-        c = ch * mult[-1]
-        self.mid = _Mid(c, cfg)
-        self.norm_out = group_norm(c, cfg.norm_groups)
-        self.conv_out = nn.Conv2d(c, cfg.z_channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for stage in self.down:
-            h = stage(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        super().__init__(_taming_arch(cfg), cfg.z_channels)
 
 
-class MSDecoder(nn.Module):
-    """``up.i`` is resolution level i (up.0 = full resolution); it runs from the lowest level up."""
-
+class MSDecoder(Decoder):
     def __init__(self, cfg: MultiScaleVQConfig) -> None:
-        super().__init__()
-        ch, mult, n = cfg.ch, cfg.ch_mult, len(cfg.ch_mult)
-        c = ch * mult[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, c, 3, 1, 1)
-        self.mid = _Mid(c, cfg)
-        ins = [ch * m for m in mult[1:]] + [c]
-        self.up = nn.ModuleList(
-            _Stage(ins[i], ch * mult[i], cfg.num_res_blocks + 1, cfg.using_sa and i == n - 1,
-                   Upsample if i > 0 else None, cfg)
-            for i in range(n)
-        )
-        self.norm_out = group_norm(ch * mult[0], cfg.norm_groups)
-        self.conv_out = nn.Conv2d(ch * mult[0], 3, 3, 1, 1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
-        for stage in reversed(self.up):
-            h = stage(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        super().__init__(_taming_arch(cfg), cfg.z_channels)
 
 
 class Phi(nn.Conv2d):

@@ -1,0 +1,103 @@
+"""Any diffusers ``AutoencoderKL`` (Stable Diffusion's VAEs, ...) as an argen continuous tokenizer.
+
+diffusers owns the network and its weights; this wrapper adds argen's tokenizer protocol and the latent
+scaling the diffusion pipelines do outside the VAE: latents = (z - shift_factor) * scaling_factor.
+
+    vae = DiffusersVAE.from_diffusers("stabilityai/sd-vae-ft-ema")   # or a local folder
+    latents = vae.encode(images)            # (B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8)
+    images = vae.decode(latents)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from argen.errors import CheckpointError, ConfigError, DownloadError
+from argen.tokenizers.kl import sample_gaussian
+
+
+class DiffusersVAE(nn.Module):
+    """Continuous tokenizer around a ``diffusers.AutoencoderKL`` (kept as ``self.vae``)."""
+
+    kind = "continuous"
+
+    def __init__(self, vae: nn.Module, scaling_factor: float | None = None, shift_factor: float | None = None) -> None:
+        super().__init__()
+        self.vae = vae
+        cfg = vae.config
+        self.scaling_factor = float(scaling_factor if scaling_factor is not None else cfg.scaling_factor)
+        if shift_factor is None:
+            shift_factor = getattr(cfg, "shift_factor", None) or 0.0
+        self.shift_factor = float(shift_factor)
+        if not self.scaling_factor > 0:
+            raise ConfigError(f"scaling_factor must be > 0, got {self.scaling_factor}")
+
+    @classmethod
+    def from_diffusers(
+        cls,
+        path_or_id: str | os.PathLike,
+        subfolder: str | None = None,
+        scaling_factor: float | None = None,
+        **kwargs: Any,
+    ) -> "DiffusersVAE":
+        """Load ``AutoencoderKL.from_pretrained(path_or_id, subfolder=...)`` (a local folder or a hub id;
+        ``kwargs`` go to diffusers, e.g. torch_dtype); the scaling factor defaults to the model's own."""
+        from diffusers import AutoencoderKL
+
+        local = Path(path_or_id).exists()
+        try:
+            vae = AutoencoderKL.from_pretrained(str(path_or_id), subfolder=subfolder, **kwargs)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = f"{path_or_id}" + (f" (subfolder {subfolder})" if subfolder else "")
+            if local:
+                raise CheckpointError(f"{where} is not a diffusers AutoencoderKL folder: {reason}") from None
+            raise DownloadError(
+                f"cannot load the diffusers AutoencoderKL {where} from the hub ({reason}); if you are offline, "
+                "download it elsewhere and pass its local folder"
+            ) from None
+        return cls(vae.eval(), scaling_factor=scaling_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_grid(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        d = self.downsample
+        if h % d or w % d or h < d or w < d:
+            raise ConfigError(f"image size {h}x{w} must be a positive multiple of this VAE's downsample factor {d}")
+        return h // d, w // d
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images -> (mean, std) of the posterior, unscaled."""
+        c = int(self.vae.config.in_channels)
+        if images.dim() != 4 or images.shape[1] != c:
+            raise ConfigError(f"images must be (B, {c}, H, W), got {tuple(images.shape)}")
+        self.latent_grid(tuple(images.shape[-2:]))
+        dist = self.vae.encode(images).latent_dist
+        return dist.mean, dist.std
+
+    def encode(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """images -> (posterior mean or sample - shift_factor) * scaling_factor."""
+        mean, std = self.posterior(images)
+        z = sample_gaussian(mean, std, generator) if sample else mean
+        return (z - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, latent_channels, h, w) -> images, about [-1, 1] (not clamped)."""
+        if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
+            raise ConfigError(
+                f"latents must be (B, {self.latent_channels}, h, w) for this VAE, got {tuple(latents.shape)}"
+            )
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
