@@ -214,7 +214,13 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train.tokenizer import tokenizer_config
 
     common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups)
-    if args.kind == "multiscale":
+    if args.kind == "kl":
+        if args.codebook_size is not None or args.codebook_dim is not None or args.patch_nums is not None:
+            raise ConfigError("--codebook-size / --codebook-dim / --patch-nums are for VQ tokenizers; a KL VAE's "
+                              "latent width is --z-channels")
+        cfg = tokenizer_config(args.preset, "kl", ch=args.ch, embed_dim=args.z_channels, num_res_blocks=args.num_res_blocks,
+                               norm_groups=args.norm_groups, ch_mult=args.ch_mult)
+    elif args.kind == "multiscale":
         if args.codebook_dim is not None:
             raise ConfigError("--codebook-dim is for --kind vq; a multi-scale VQ-VAE's code width is --z-channels")
         cfg = tokenizer_config(args.preset, "multiscale", args.resolution, vocab_size=args.codebook_size,
@@ -226,7 +232,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
                                encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult, **common)
     out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
                           perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
-                          disc_start=args.disc_start, dead_code_threshold=args.dead_code_threshold)
+                          disc_start=args.disc_start, dead_code_threshold=args.dead_code_threshold,
+                          kl_weight=args.kl_weight)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -239,13 +246,17 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
     tok_class = read_json(Path(args.tokenizer) / CONFIG_NAME, f"{args.tokenizer} is not a tokenizer folder "
                           f"(no {CONFIG_NAME}); train one with `argen train tokenizer`").get("_class")
-    family = "var" if tok_class == "var-vqvae" else "llamagen"
+    family = {"var-vqvae": "var", "mar-kl": "mar"}.get(tok_class, "llamagen")
+    needs = {"var": ("a multi-scale VQ", "multiscale"), "mar": ("a KL (continuous)", "kl"), "llamagen": ("a VQ", "vq")}
     if args.kind and args.kind != family:
-        raise ConfigError(f"--kind {args.kind} needs a {'multi-scale' if args.kind == 'var' else 'VQ'} tokenizer, "
-                          f"but {args.tokenizer} holds a {tok_class!r} (train it with --kind "
-                          f"{'multiscale' if args.kind == 'var' else 'vq'})")
+        what, kind = needs[args.kind]
+        raise ConfigError(f"--kind {args.kind} needs {what} tokenizer, but {args.tokenizer} holds a {tok_class!r} "
+                          f"(train it with --kind {kind})")
     model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads)
-    defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
+    if family == "mar":
+        defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 16}
+    else:
+        defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
                           class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults)
     print(json.dumps({"out": str(out)}))
@@ -308,8 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="what", required=True)
     tt = tsub.add_parser("tokenizer", help="a VQ tokenizer (or VAR's multi-scale VQ-VAE)")
     _train_args(tt, steps=2000, batch=32, lr=2e-4)
-    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale"],
-                    help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE")
+    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale", "kl"],
+                    help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE; "
+                         "kl: MAR's KL VAE (continuous tokens)")
+    tt.add_argument("--kl-weight", type=float, default=1e-6, help="kl: weight of the KL term (LDM's 1e-6)")
     tt.add_argument("--patch-nums", type=int, nargs="+", help="multiscale: the scales (default: VAR's, cut at the latent size)")
     tt.add_argument("--ch", type=int)
     tt.add_argument("--ch-mult", type=int, nargs="+")
@@ -330,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg = tsub.add_parser("generator", help="a LlamaGen-style GPT (VQ tokenizer) or a VAR (multi-scale tokenizer)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)
     tg.add_argument("--tokenizer", required=True, help="folder written by `argen train tokenizer`")
-    tg.add_argument("--kind", choices=["llamagen", "var"], help="generator family (default: from the tokenizer)")
+    tg.add_argument("--kind", choices=["llamagen", "var", "mar"], help="generator family (default: from the tokenizer)")
     tg.add_argument("--dim", type=int, help="width")
     tg.add_argument("--depth", type=int)
     tg.add_argument("--heads", type=int)

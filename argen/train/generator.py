@@ -1,6 +1,7 @@
 """Training a generator on a trained tokenizer's codes: a LlamaGen-style GPT on a VQ tokenizer
-(next-token cross-entropy) or a VAR transformer on a multi-scale VQ-VAE (next-scale cross-entropy),
-with class dropout (the CFG null class) and an EMA of the weights. Result: an argen pretrained pipeline
+(next-token cross-entropy), a VAR transformer on a multi-scale VQ-VAE (next-scale cross-entropy) or
+MAR on a KL VAE's continuous tokens (masked diffusion loss), with class dropout (the CFG null class or
+MAR's fake latent) and an EMA of the weights. Result: an argen pretrained pipeline
 folder (generator = EMA weights, tokenizer, sampling defaults, class names) that ``argen.load`` takes."""
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
+from argen.generators.mar import MAR, MARConfig
 from argen.generators.var import VAR, VARConfig
 from argen.images import make_grid
 from argen.modeling import Pretrained
 from argen.pipeline import ARPipeline
+from argen.tokenizers.kl import KLVAE
 from argen.tokenizers.msvq import MultiScaleVQVAE
 from argen.tokenizers.vq import VQTokenizer
 from argen.train.data import check_stride, make_dataset
@@ -44,18 +47,29 @@ VAR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, embed_dim=64, num_heads=4),
     "small": dict(depth=5, embed_dim=256, num_heads=8, shared_aln=True),
 }
-# the CLI's width/depth/heads flags in each family's argument names
-_FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "depth", "num_heads")}
+MAR_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
+                 decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20"),
+    "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
+                  decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50"),
+}
+# the CLI's width/depth/heads flags in each family's argument names (MAR: encoder and decoder alike)
+_FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "depth", "num_heads"),
+               "mar": (("encoder_embed_dim", "decoder_embed_dim"), ("encoder_depth", "decoder_depth"),
+                       ("encoder_num_heads", "decoder_num_heads"))}
 
 
 def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None, **overrides: Any) -> dict[str, Any]:
     """Model arguments of a training preset for ``family`` ('llamagen' or 'var'), with overrides."""
-    presets = {"llamagen": PRESETS, "var": VAR_PRESETS}.get(family)
+    presets = {"llamagen": PRESETS, "var": VAR_PRESETS, "mar": MAR_PRESETS}.get(family)
     if presets is None:
-        raise ConfigError(f"unknown generator family {family!r}; known: llamagen, var")
+        raise ConfigError(f"unknown generator family {family!r}; known: llamagen, var, mar")
     if preset not in presets:
         raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(presets)}")
-    flags = dict(zip(_FLAG_NAMES[family], (width, depth, heads)))
+    flags = {}
+    for names, value in zip(_FLAG_NAMES[family], (width, depth, heads)):
+        for name in (names if isinstance(names, tuple) else (names,)):
+            flags[name] = value
     return {**presets[preset], **{k: v for k, v in {**flags, **overrides}.items() if v is not None}}
 
 
@@ -80,13 +94,19 @@ def train_generator(
     pipeline folder to ``settings.out`` and return it."""
     out = Path(settings.out)
     tok = Pretrained.from_pretrained(tokenizer_dir)
-    if not isinstance(tok, (VQTokenizer, MultiScaleVQVAE)):
-        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ or multi-scale VQ tokenizer")
+    if not isinstance(tok, (VQTokenizer, MultiScaleVQVAE, KLVAE)):
+        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ, multi-scale VQ or KL tokenizer")
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
     h, w = tok.latent_grid(settings.resolution)
-    if isinstance(tok, MultiScaleVQVAE):
+    if isinstance(tok, KLVAE):
+        cfg = MARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
+                        vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
+                        attn_dropout=dropout, proj_dropout=dropout)
+        model = MAR(cfg)
+        model.init_weights()
+    elif isinstance(tok, MultiScaleVQVAE):
         cfg = VARConfig(
             **model_args,
             vocab_size=tok.codebook_size,
@@ -133,10 +153,16 @@ def train_generator(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
         with torch.no_grad():
-            codes = tok.encode(images.to(acc.device))
-            codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
+            if isinstance(tok, KLVAE):  # MAR trains on posterior samples, as the official
+                codes = acc.unwrap_model(model).patchify(tok.encode(images.to(acc.device), sample=True))
+            else:
+                codes = tok.encode(images.to(acc.device))
+                codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
         with acc.autocast():
-            loss = next_token_loss(model, codes, labels.to(acc.device))
+            if isinstance(tok, KLVAE):
+                loss = model(codes, labels.to(acc.device))
+            else:
+                loss = next_token_loss(model, codes, labels.to(acc.device))
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         if settings.grad_clip:

@@ -1,6 +1,8 @@
-"""Training a VQ tokenizer -- LlamaGen's (``kind="vq"``) or VAR's multi-scale VQ-VAE
-(``kind="multiscale"``): reconstruction (MSE) + codebook + commitment losses, optionally a VGG
-feature (perceptual) loss from locally available weights and a PatchGAN hinge adversarial loss.
+"""Training a tokenizer -- LlamaGen's VQ (``kind="vq"``), VAR's multi-scale VQ-VAE
+(``kind="multiscale"``): reconstruction (MSE) + codebook + commitment losses; or MAR's KL VAE
+(``kind="kl"``): reconstruction + a weighted KL to N(0, I), its latent scale calibrated at the end
+(1 / std of the latents, so a diffusion head sees unit-variance tokens). Optionally a VGG feature
+(perceptual) loss from locally available weights and a PatchGAN hinge adversarial loss.
 Result: an argen tokenizer folder (config.json + model.safetensors)."""
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 from argen.images import make_grid, to_pil
 from argen.modeling import build_config
 from argen.errors import ConfigError
+from argen.tokenizers.kl import KLVAE, KLConfig
 from argen.tokenizers.msvq import PATCH_NUMS_256, MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 from argen.train.data import check_stride, make_dataset
@@ -47,7 +50,12 @@ MULTISCALE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=16, vocab_size=256),
     "small": dict(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1, z_channels=32, vocab_size=1024),
 }
-KINDS = ("vq", "multiscale")
+# KL VAE presets (MAR's continuous tokenizer; downsample 4 and 8)
+KL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, embed_dim=4, norm_groups=8),
+    "small": dict(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1, embed_dim=8, norm_groups=8),
+}
+KINDS = ("vq", "multiscale", "kl")
 
 
 def patch_nums_for(latent: int) -> list[int]:
@@ -59,12 +67,14 @@ def patch_nums_for(latent: int) -> list[int]:
 
 def tokenizer_config(
     preset: str, kind: str = "vq", resolution: int | None = None, **overrides: Any
-) -> VQConfig | MultiScaleVQConfig:
+) -> VQConfig | MultiScaleVQConfig | KLConfig:
     """A training preset with the options that were given (None = keep the preset's value). For the
     multi-scale kind, ``v_patch_nums`` defaults to :func:`patch_nums_for` the latent size at ``resolution``."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if kind == "vq":
         return build_config(VQConfig, PRESETS, preset, given, "tokenizer")
+    if kind == "kl":
+        return build_config(KLConfig, KL_PRESETS, preset, given, "KL tokenizer")
     if kind != "multiscale":
         raise ConfigError(f"unknown tokenizer kind {kind!r}; known: {', '.join(KINDS)}")
     cfg = build_config(MultiScaleVQConfig, MULTISCALE_PRESETS, preset, given, "multi-scale tokenizer")
@@ -119,13 +129,16 @@ class VGGPerceptual(nn.Module):
 
 
 def vq_loss(
-    model: nn.Module, images: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0
+    model: nn.Module, images: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
+    kl_weight: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Reconstruction (MSE) + codebook + commitment (+ perceptual) loss -> (loss, recon, logs)."""
+    """Reconstruction (MSE) + the tokenizer's own terms (VQ: codebook + commitment; KL VAE:
+    ``kl_weight`` x KL) (+ perceptual) -> (loss, recon, logs)."""
     recon, q = model(images)
     rec = F.mse_loss(recon.float(), images)
-    loss = rec + q["codebook"] + q["commit"]
-    logs = {"rec": rec.item(), "codebook": q["codebook"].item(), "commit": q["commit"].item()}
+    weights = {"kl": kl_weight}
+    loss = rec + sum(weights.get(k, 1.0) * v for k, v in q.items())
+    logs = {"rec": rec.item(), **{k: v.item() for k, v in q.items()}}
     if perceptual is not None:
         p = perceptual(recon.float(), images)
         loss = loss + perceptual_weight * p
@@ -142,18 +155,24 @@ def train_tokenizer(
     disc_weight: float = 0.0,
     disc_start: int = 0,
     dead_code_threshold: float = 0.03,
+    kl_weight: float = 1e-6,
+    calibrate_scale: bool = True,
 ) -> Path:
-    """Train a VQ tokenizer (the config's type picks LlamaGen's VQ or VAR's multi-scale VQ-VAE); write
-    the result to ``settings.out`` and return that folder. ``dead_code_threshold``: codes hit
-    less than this fraction of a uniform share are re-seeded."""
+    """Train a tokenizer (the config's type picks LlamaGen's VQ, VAR's multi-scale VQ-VAE or the KL
+    VAE); write the result to ``settings.out`` and return that folder. ``dead_code_threshold``: codes
+    hit less than this fraction of a uniform share are re-seeded. KL VAE: ``kl_weight``, and
+    ``calibrate_scale`` sets its scaling factor to 1 / std of the latents of held-out images."""
     out = Path(settings.out)
     check_stride(settings.resolution, config.downsample)
     if isinstance(config, MultiScaleVQConfig):
         model = MultiScaleVQVAE(config)
         model.latent_grid(settings.resolution)  # the last scale must be the latent size
+    elif isinstance(config, KLConfig):
+        model = KLVAE(config)
     else:
         model = VQTokenizer(config)
-    model.quantize.dead_code_threshold = dead_code_threshold
+    if hasattr(model, "quantize"):
+        model.quantize.dead_code_threshold = dead_code_threshold
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
@@ -185,7 +204,7 @@ def train_tokenizer(
             group["lr"] = lr_at(step, settings)
         images = images.to(acc.device)
         with acc.autocast():
-            loss, recon, logs = vq_loss(model, images, perceptual, perceptual_weight)
+            loss, recon, logs = vq_loss(model, images, perceptual, perceptual_weight, kl_weight)
             if disc is not None and step >= disc_start:
                 g = -disc(recon).mean()
                 loss = loss + disc_weight * g
@@ -195,7 +214,8 @@ def train_tokenizer(
         if settings.grad_clip:
             acc.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
-        logs["restarted"] = acc.unwrap_model(model).quantize.restart_dead_codes()
+        if hasattr(acc.unwrap_model(model), "quantize"):
+            logs["restarted"] = acc.unwrap_model(model).quantize.restart_dead_codes()
         if disc is not None and step >= disc_start:
             with acc.autocast():
                 d = F.relu(1 - disc(images)).mean() + F.relu(1 + disc(recon.detach())).mean()
@@ -220,6 +240,8 @@ def train_tokenizer(
     acc.wait_for_everyone()
     if acc.is_main_process:
         final = acc.unwrap_model(model).eval()
+        if isinstance(final, KLVAE) and calibrate_scale:
+            final.config.scaling_factor = latent_scale(final, held_out, settings)
         final.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
             "kind": "tokenizer", "steps": settings.steps, "final_losses": logs,
@@ -230,7 +252,16 @@ def train_tokenizer(
 
 
 @torch.no_grad()
-def _sample_grid(model: VQTokenizer | MultiScaleVQVAE, images: torch.Tensor, path: Path) -> None:
+def latent_scale(vae: KLVAE, images: torch.Tensor, settings: TrainSettings, n: int = 256) -> float:
+    """1 / std of the (unscaled) posterior means of up to ``n`` held-out images."""
+    data = make_dataset(settings.data, settings.resolution, split="test")[0]
+    batch = torch.stack([data[i][0] for i in range(min(n, len(data)))]).to(images.device)
+    mean, _ = vae.posterior(batch)
+    return float(1.0 / mean.float().std().clamp(min=1e-6))
+
+
+@torch.no_grad()
+def _sample_grid(model: VQTokenizer | MultiScaleVQVAE | KLVAE, images: torch.Tensor, path: Path) -> None:
     model.eval()
     recon = model.decode(model.encode(images)).clamp(-1, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
