@@ -55,6 +55,10 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
         [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest), "--per-class", "20",
          *(["--judge", judge] if judge else [])],
         check=True, capture_output=True, text=True).stdout)
+    recon = json.loads(subprocess.run(
+        [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest / "tokenizer"), "--reconstruct", "400",
+         *(["--judge", judge] if judge else [])],
+        check=True, capture_output=True, text=True).stdout)
     tok_info = json.loads((tok_run / "train.json").read_text())
     gen_info = json.loads((gen_run / "train.json").read_text())
     script_text = Path(script).read_text()
@@ -98,12 +102,18 @@ classifies {quality["images"]} generated images (20 per class, seed {quality["se
 
 | class | accuracy |
 |---|---|
-""" + "\n".join(f"| {k} | {v:.0%} |" for k, v in quality["per_class_accuracy"].items()) + """
+""" + "\n".join(f"| {k} | {v:.0%} |" for k, v in quality["per_class_accuracy"].items()) + f"""
+
+The tokenizer's ceiling (400 held-out shapes encoded and decoded): reconstruction MSE
+{recon["reconstruction_mse"]:.4f}; the same classifier recognises {recon["judge_accuracy_reconstructions"]:.1%} of the
+reconstructions; over the tokens of one flat colour the code perplexity is {recon["code_perplexity_per_flat_colour"]:.1f}
+({recon["codes_per_flat_colour"]:.0f} distinct codes): entropy the generator must model without image content
+(`python benchmarks/shapes_quality.py --model assets/{dest.name}/tokenizer --reconstruct 400`).
 
 ![samples (4 per class, seed 0)](samples.png)
 """
     (dest / "README.md").write_text(card)
-    (dest / "quality.json").write_text(json.dumps(quality, indent=2))
+    (dest / "quality.json").write_text(json.dumps({**quality, "tokenizer": recon}, indent=2))
     print(card)
 
 
