@@ -82,6 +82,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init=args.init,
             num_iter=args.num_iter,
             diffusion_steps=args.diffusion_steps,
+            num_steps=args.num_steps,
+            guidance_high=args.guidance_high,
         ).items()
         if v is not None
     }
@@ -196,6 +198,24 @@ def cmd_convert_mar(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_flowar(args: argparse.Namespace) -> int:
+    from argen.convert.flowar import load_flowar
+    from argen.convert.mar import load_vae
+    from argen.pipeline import ARPipeline
+
+    flowar_args = {**_json_file(args.flowar_config), **parse_key_values(args.flowar_arg)}
+    vae_args = parse_key_values(args.vae_arg)
+    vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
+    ema = {"auto": None, "ema": True, "raw": False}[args.weights]
+    model = load_flowar(args.flowar_ckpt, None if flowar_args.get("encoder_embed_dim") else args.flowar_model, ema=ema,
+                        **flowar_args)
+    defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "num_steps": args.num_steps, "guidance_high": args.guidance_high}
+    pipe = ARPipeline(model, vae, defaults=defaults, name=Path(args.out).name)
+    pipe.save_pretrained(args.out)
+    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": model.config.__dict__}))
+    return 0
+
+
 # -- train -----------------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace):
     from argen.train import TrainSettings
@@ -296,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
     g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
     g.add_argument("--diffusion-steps", type=int, help="MAR: diffusion-head reverse steps per token")
+    g.add_argument("--num-steps", type=int, help="FlowAR: flow steps per scale (official count: 25 = 24 Euler steps)")
+    g.add_argument("--guidance-high", type=float, help="FlowAR: guide only at flow times <= this (official --guidance)")
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen, MAR: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
     g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")
@@ -421,6 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
     mr.add_argument("--out", required=True)
     mr.set_defaults(func=cmd_convert_mar)
+    fr = csub.add_parser("flowar", help="FlowAR transformer + flow head, with MAR's KL-16 VAE")
+    fr.add_argument("--flowar-ckpt", required=True, help="FlowAR-S.pth / FlowAR-L.pth / FlowAR-H.pth (or a training checkpoint)")
+    fr.add_argument("--vae-ckpt", required=True, help="MAR's kl16.ckpt")
+    fr.add_argument("--flowar-model", default="flowar_small", help="flowar_small, flowar_large, flowar_huge")
+    fr.add_argument("--flowar-config", help="JSON file of official FlowAR arguments (for custom sizes)")
+    fr.add_argument("--flowar-arg", action="append", help="official FlowAR key=value (repeatable)")
+    fr.add_argument("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable; default: kl16)")
+    fr.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                    help="training checkpoints: 'model' (auto, what main_flowar evaluates), 'model_ema' or 'model'")
+    fr.add_argument("--cfg", type=float, default=4.3, help="default guidance (S 4.3, L 2.4, H 2.4)")
+    fr.add_argument("--num-steps", type=int, default=25, help="flow steps per scale (S, L 25; H 50)")
+    fr.add_argument("--guidance-high", type=float, default=0.9, help="guidance interval top (S, L 0.9; H 0.7)")
+    fr.add_argument("--out", required=True)
+    fr.set_defaults(func=cmd_convert_flowar)
     return p
 
 

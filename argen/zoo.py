@@ -98,6 +98,26 @@ def _mar(size: str, cfg: float, params: str, fid: str) -> ZooEntry:
     )
 
 
+FLOWAR_REPO = "OliverRen/FlowAR"
+
+
+def _flowar(size: str, preset: str, steps: int, cfg: float, guidance: float, params: str, fid: str) -> ZooEntry:
+    # the README's sampling settings; the VAE is MAR's KL-16 (kl16.ckpt, from MAR's release)
+    return ZooEntry(
+        name=f"flowar-{size.lower()}",
+        family="flowar",
+        description=f"FlowAR-{size} class-to-image, ImageNet 256px, scale-wise flow matching on KL-16 (FID {fid})",
+        image_size=256,
+        repo_id=FLOWAR_REPO,
+        files={"generator": f"FlowAR-{size}.pth", "tokenizer": "vae/kl16.ckpt"},
+        urls={"tokenizer": MAR_URLS["vae"]},
+        generator_args={"preset": preset},
+        tokenizer_args={"preset": "kl16"},
+        defaults={"cfg_scale": cfg, "cfg_schedule": "linear", "num_steps": steps, "guidance_high": guidance},
+        params=params,
+    )
+
+
 OFFICIAL: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -116,6 +136,9 @@ OFFICIAL: dict[str, ZooEntry] = {
         _mar("base", 2.9, "208M", "2.31"),
         _mar("large", 3.0, "479M", "1.78"),
         _mar("huge", 3.2, "943M", "1.55"),
+        _flowar("S", "flowar_small", 25, 4.3, 0.9, "170M", "3.61"),
+        _flowar("L", "flowar_large", 25, 2.4, 0.9, "589M", "1.90"),
+        _flowar("H", "flowar_huge", 50, 2.4, 0.7, "1.9B", "1.65"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name
@@ -157,14 +180,28 @@ def _build_mar(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipe
     return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
 
 
+def _build_flowar(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
+    from argen.convert.flowar import load_flowar
+    from argen.convert.mar import load_vae
+
+    vae = load_vae(paths["tokenizer"], **entry.tokenizer_args, device=device)
+    gen = load_flowar(paths["generator"], **entry.generator_args, device=device, dtype=dtype)
+    return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+
+
 def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
     """The official architecture with seeded random weights (output layers non-zero, so the logits
     are not all equal)."""
-    from argen.generators import MAR, VAR, LlamaGen, LlamaGenConfig, MARConfig, VARConfig
+    from argen.generators import MAR, VAR, FlowAR, FlowARConfig, LlamaGen, LlamaGenConfig, MARConfig, VARConfig
     from argen.tokenizers import KLVAE, KLConfig, MultiScaleVQConfig, MultiScaleVQVAE, VQConfig, VQTokenizer
 
     torch.manual_seed(0)
-    if entry.family == "mar":
+    if entry.family == "flowar":
+        tok = KLVAE(KLConfig.preset(entry.tokenizer_args["preset"]))
+        gen = FlowAR(FlowARConfig.preset(entry.generator_args["preset"]))
+        gen.init_weights()
+        torch.nn.init.normal_(gen.flownet.final_layer.linear.weight, std=0.02)  # a non-zero velocity
+    elif entry.family == "mar":
         tok = KLVAE(KLConfig.preset(entry.tokenizer_args["preset"]))
         gen = MAR(MARConfig.preset(entry.generator_args["preset"]))
         gen.init_weights()
@@ -184,7 +221,7 @@ def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
     return ARPipeline(gen, tok.to(device).eval(), image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
 
 
-BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var, "mar": _build_mar}
+BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var, "mar": _build_mar, "flowar": _build_flowar}
 
 
 ASSETS = Path(os.environ.get("ARGEN_ASSETS", Path(__file__).resolve().parents[1] / "assets"))

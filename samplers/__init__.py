@@ -17,6 +17,7 @@ import torch
 
 from argen.errors import ConfigError
 from argen.samplers.ar import sample_ar
+from argen.samplers.flowar import sample_flowar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
 from argen.samplers.mar import sample_mar
 from argen.samplers.scales import sample_scales
@@ -36,7 +37,7 @@ class SamplerSpec:
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "ar": SamplerSpec(
-        {"token": sample_ar, "scale": sample_scales, "continuous": sample_mar},
+        {"token": sample_ar, "scale": sample_scales, "continuous": sample_mar, "flow-scale": sample_flowar},
         "plain autoregressive decoding: token by token or scale by scale with a KV cache, or MAR's masked "
         "iterations with a diffusion head per token",
     ),

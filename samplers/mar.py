@@ -93,6 +93,7 @@ def sample_mar(
             zz = z[to_pred]
         if zz.shape[0]:
             tokens[to_pred] = model.diffloss.sample(zz, opts.temperature, scale, rng, steps).to(dtype)
+            stats.head_evaluations += steps
         mask = nxt
         stats.accepted_history.append(float(to_pred.sum()) / b)
         if callback is not None and ((step + 1) % callback_every == 0 or step + 1 == num_iter):

@@ -19,6 +19,7 @@ class SamplerStats:
     # samples that committed k tokens in one pass, at index k (speculative samplers)
     accept_histogram: list[int] = field(default_factory=list)
     batches: int = 1  # sequential sampler calls merged into these stats
+    head_evaluations: int = 0  # batched calls of a per-token head (MAR's diffusion, FlowAR's flow steps)
     # the latents to decode when they are not a function of the codes (VAR's more_smooth), else None
     latents: Any = field(default=None, repr=False)
 
@@ -40,6 +41,7 @@ class SamplerStats:
         pairs = zip_longest(self.accept_histogram, other.accept_histogram, fillvalue=0)
         self.accept_histogram = [a + b for a, b in pairs]
         self.batches += other.batches
+        self.head_evaluations += other.head_evaluations
         if self.latents is not None and other.latents is not None:
             import torch
 
