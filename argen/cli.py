@@ -1,4 +1,4 @@
-"""The ``argen`` command line: generate, models, convert.
+"""The ``argen`` command line: generate, models, convert, train, bench, demo, eval.
 
 Bad input prints one line (``argen: error: ...``) and exits with code 2, never a traceback.
 """
@@ -103,6 +103,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
             im.save(folder / f"{i:04d}_class{c}.png")
     report = {"grid": str(out), "images": len(images), "classes": ids, **pipe.last_stats.as_dict()}
     print(json.dumps(report))
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from argen.demo import launch
+
+    launch(args.host, args.port, args.share, models=args.model, device=args.device, dtype=_dtype(args.dtype),
+           checkpoint_dir=args.checkpoint_dir, max_loaded=args.max_loaded, queue_size=args.queue_size)
     return 0
 
 
@@ -394,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
     b.add_argument("--out", default="argen_bench.json", help="JSON report path")
     b.set_defaults(func=cmd_bench)
+
+    dm = sub.add_parser("demo", help="launch the Gradio demo (live previews while sampling; offline, no share link)")
+    dm.add_argument("--host", default="127.0.0.1", help="interface to serve on (0.0.0.0: every interface)")
+    dm.add_argument("--port", type=int, default=7860)
+    dm.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    dm.add_argument("--model", "-m", action="append", help="model to offer (repeatable; default: every model usable here)")
+    dm.add_argument("--device", default="cpu")
+    dm.add_argument("--dtype", help="float32 (default), bfloat16, float16")
+    dm.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+    dm.add_argument("--max-loaded", type=int, default=2, help="pipelines kept in memory at once")
+    dm.add_argument("--queue-size", type=int, default=16, help="requests that may wait in the queue")
+    dm.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("models", help="list the model zoo")
     m.add_argument("--json", action="store_true")

@@ -1,0 +1,246 @@
+"""The Gradio demo: the page builds; the event function streams previews, then the images and the
+statistics; errors are messages; the pipeline cache stays bounded; a launched app serves
+gradio_client requests (streamed, four at once through the queue) and a real headless browser."""
+import os
+import importlib.util
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import gradio as gr  # noqa: E402
+
+import argen  # noqa: E402
+from argen import demo as app  # noqa: E402
+from argen.demo_models import PipelineCache, model_info  # noqa: E402
+from argen.preview import Finished, Preview, decode_partial, generate_stream  # noqa: E402
+from conftest import fixture_config, fixture_weights  # noqa: E402
+
+# gradio's queue (not this code) trips pandas 3 deprecations
+pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+MODEL = "shapes-llamagen"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores shared with other jobs: one torch thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return argen.load(MODEL)
+
+
+# -- building and the event function -------------------------------------------------------------
+def test_build_demo_builds_without_launching():
+    spec = importlib.util.spec_from_file_location("gradio_app", REPO / "apps" / "gradio_app.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)  # the thin launcher in apps/ re-exports the package's app
+    demo = launcher.build_demo(models=[MODEL])
+    assert isinstance(demo, gr.Blocks)
+    props = {c.get("props", {}).get("label"): c.get("props", {}) for c in demo.get_config_file()["components"]}
+    assert [v for _, v in props["sampler"]["choices"]] == ["ar", "sjd"]
+    assert [lbl for lbl, _ in props["classes"]["choices"]][:2] == ["circle", "square"]
+    assert props["cfg scale"]["value"] == 3.0  # the model card's default
+    assert any(d.get("api_name") == "generate" for d in demo.get_config_file()["dependencies"])
+
+
+def test_model_info_needs_no_weights():
+    info = model_info("var-d16")  # offline: not downloadable, but described
+    assert info.kind == "scale" and info.samplers() == ["ar"] and not info.local
+    assert info.class_choices()[207] == ("207: golden retriever", 207)
+    assert info.defaults["top_k"] == 900
+
+
+def test_controls_follow_the_model_card():
+    var = app._controls_for(model_info("var-d16"))
+    assert var["sampler"] == {"choices": ["ar"], "value": "ar"} and var["top_k"] == {"value": 900, "visible": True}
+    assert var["classes"]["value"] == [207, 360, 387, 974] and len(var["classes"]["choices"]) == 1000
+    assert "var" in var["cfg_schedule"]["choices"]
+    mar = app._controls_for(model_info("mar-base"))
+    assert mar["top_k"]["visible"] is False and mar["num_iter"] == {"value": 256, "visible": True}
+    assert mar["cfg_schedule"]["value"] == "linear" and mar["preview_every"]["value"] == 16
+    shapes = app._controls_for(model_info(MODEL), sampler="sjd")
+    assert shapes["window"]["visible"] is True and shapes["sampler"]["value"] == "sjd"
+
+
+@pytest.mark.parametrize("sampler", ["ar", "sjd"])
+def test_event_function_streams_previews_then_images_then_stats(sampler, shapes):
+    app.configure([MODEL])
+    outs = list(app.generate(MODEL, sampler, ["star", 9], n_images=2, seed=3, preview_every=16, window=8))
+    previews, (grid, gallery, none), (_, gallery2, rows) = outs[:-2], outs[-2], outs[-1]
+    assert len(previews) >= 2 and none is None
+    for image, g, s in previews:
+        assert isinstance(image, Image.Image) and image.size == (2 * 64 + 3 * 2, 64 + 2 * 2) and g is None and s is None
+    assert [cap for _, cap in gallery] == ["6: star", "9: heart"] and gallery2 == gallery
+    assert all(im.size == (64, 64) for im, _ in gallery)
+    table = dict(rows)
+    assert table["sampler"] == sampler and table["seed"] == "3" and table["images"] == "2"
+    # streaming does not change the sample: same seed, same images as the plain pipeline
+    direct = shapes.generate(["star", 9], seed=3, sampler=sampler, **({"window": 8} if sampler == "sjd" else {}))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (a, _), b in zip(gallery, direct))
+
+
+def test_previews_can_be_turned_off():
+    app.configure([MODEL])
+    outs = list(app.generate(MODEL, "ar", [0], n_images=1, seed=0, preview_every=0))
+    assert len(outs) == 2 and outs[0][1] is not None
+    assert dict(outs[1][2])["previews"] == "0"
+
+
+def test_closing_a_stream_stops_the_sampler(shapes):
+    stream = generate_stream(shapes, [0, 1], seed=0, preview_every=8)
+    assert isinstance(next(stream), Preview)
+    stream.close()  # the worker stops at its next step; the pipeline is free again
+    assert not [t for t in threading.enumerate() if t.name == "argen-generate"]
+    assert len(shapes.generate([2], seed=0)) == 1
+
+
+def test_errors_are_messages_not_tracebacks():
+    app.configure([MODEL, "llamagen-gpt-b"])
+    try:
+        cases = {
+            "llamagen-gpt-b": dict(model="llamagen-gpt-b"),  # offline, not cached
+            "not-served": dict(model="var-d16"),
+            "images": dict(n_images=0),
+            "option": dict(extra_options="bogus=1"),
+            "class": dict(classes=["dragon"]),
+        }
+        for what, kwargs in cases.items():
+            with pytest.raises(gr.Error) as err:
+                list(app.generate(**{"model": MODEL, "n_images": 1, "preview_every": 0, **kwargs}))
+            msg = err.value.message
+            assert "Traceback" not in msg, what
+        with pytest.raises(gr.Error, match="offline"):
+            list(app.generate("llamagen-gpt-b", n_images=1))
+    finally:
+        app.configure([MODEL])
+
+
+def test_pipeline_cache_is_bounded(tiny_pipe, tmp_path):
+    folder = str(tiny_pipe.save_pretrained(tmp_path / "tiny"))
+    cache = PipelineCache(max_loaded=1)
+    a = cache.get(MODEL)
+    assert cache.get(MODEL) is a and cache.loaded == [MODEL]  # loaded once, then cached
+    cache.get(folder)
+    assert cache.loaded == [folder]  # switching models drops the least recently used
+    assert cache.get(MODEL) is not a and cache.lock(MODEL) is cache.lock(MODEL)
+
+
+# -- previews of every model kind --------------------------------------------------------------------
+def test_token_preview_greys_out_what_is_not_sampled(shapes):
+    codes = shapes.generate([1], seed=0, output_type="codes")
+    torch.testing.assert_close(decode_partial(shapes, 64, codes), shapes.decode(codes))
+    part = decode_partial(shapes, 24, codes[:, :24])  # 3 of 8 token rows, 8 px each
+    assert part.shape == (1, 3, 64, 64) and part[..., 24:, :].abs().max() == 0 and part[..., :24, :].abs().max() > 0
+
+
+def _tiny_pipe(kind: str):
+    from argen.convert.var import load_var, load_var_vae
+    from argen.generators import MAR, FlowAR, FlowARConfig, MARConfig
+    from argen.tokenizers import KLVAE, KLConfig
+
+    torch.manual_seed(0)
+    if kind == "var":
+        cfg = fixture_config("var_tiny")
+        vae = load_var_vae(fixture_weights("var_tiny_vqvae"), **{k: v for k, v in cfg["vae"].items() if k != "image_size"})
+        gen = load_var(fixture_weights("var_tiny"), vae=vae, vocab_size=64, Cvae=8, drop_path_rate=0.0, **cfg["var"])
+        return argen.ARPipeline(gen, vae), {"cfg_scale": 1.5, "top_k": 10}
+    if kind == "mar":
+        gen = MAR(MARConfig(**fixture_config("mar_tiny")))
+        gen.load_state_dict(fixture_weights("mar_tiny"))
+        opts = {"cfg_scale": 2.0, "num_iter": 3, "diffusion_steps": 2}
+    else:
+        gen = FlowAR(FlowARConfig(**fixture_config("flowar_tiny", drop=("seq_len", "latent_hw"))))
+        gen.load_state_dict(fixture_weights("flowar_tiny"))
+        opts = {"cfg_scale": 2.0, "num_steps": 3}
+    vae = KLVAE(KLConfig(embed_dim=gen.config.vae_embed_dim, ch=32, ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1))
+    return argen.ARPipeline(gen.eval(), vae.eval()), opts
+
+
+@pytest.mark.parametrize("kind", ["var", "mar", "flowar"])
+def test_stream_previews_every_step_for_other_model_kinds(kind):
+    pipe, opts = _tiny_pipe(kind)
+    events = list(generate_stream(pipe, [1, 2], seed=4, preview_every=1, **opts))
+    previews, done = events[:-1], events[-1]
+    steps = len(pipe.tokenizer.patch_nums) if kind == "var" else opts.get("num_iter", 3)  # FlowAR: 3 scales
+    assert isinstance(done, Finished) and len(previews) == steps and all(isinstance(p, Preview) for p in previews)
+    assert all(im.size == done.images[0].size for p in previews for im in p.images)
+    direct = pipe.generate([1, 2], seed=4, output_type="pt", **opts)
+    torch.testing.assert_close(decode_partial(pipe, steps, pipe.last_codes), direct)
+
+
+# -- a launched app ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served():
+    demo = app.launch(port=None, block=False, models=[MODEL])
+    yield demo.local_url
+    demo.close()
+
+
+def test_client_gets_streamed_outputs(served):
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+    job = client.submit(model=MODEL, sampler="ar", classes=[0, 1], n_images=2, seed=1, preview_every=16,
+                        api_name="/generate")
+    _, gallery, rows = job.result(timeout=120)
+    outputs = job.outputs()
+    assert len(outputs) >= 3  # previews, the gallery, then the statistics
+    assert not outputs[0][1] and Path(outputs[0][0]).is_file(), outputs[0]
+    assert len(gallery) == 2 and all(Path(g["image"]).suffix == ".png" for g in gallery)
+    assert ["sampler", "ar"] in rows["data"]
+
+
+def test_four_concurrent_requests_queue_and_complete(served):
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    client = Client(served, verbose=False)
+    jobs = [client.submit(model=MODEL, sampler=s, classes=[i], n_images=1, seed=i, preview_every=32,
+                          api_name="/generate") for i, s in enumerate(["ar", "sjd", "ar", "sjd"])]
+    queued = set()
+    deadline = time.monotonic() + 120
+    while not all(j.done() for j in jobs) and time.monotonic() < deadline:
+        for i, j in enumerate(jobs):
+            st = j.status()
+            if st.code == Status.IN_QUEUE and (st.rank or 0) > 0:
+                queued.add(i)
+        time.sleep(0.02)
+    results = [j.result(timeout=5) for j in jobs]
+    assert all(len(r[1]) == 1 and r[2] for r in results)
+    assert queued, "with one generation at a time, some request must have waited with a queue position"
+
+
+# -- a real browser ----------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_browser_click_generates_an_image(served, tmp_path):
+    from headless_chromium import Chromium
+
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    with Chromium(shutil.which("chromium"), profile) as browser:
+        page = browser.open(served)
+        browser.wait_for(page, "!!document.querySelector('#generate')", timeout=60)
+        browser.click(page, "#generate")
+        browser.wait_for(page, "document.querySelectorAll('#gallery img').length >= 1", timeout=120)
+        time.sleep(0.5)  # let the statistics table render for the screenshot
+        shot = browser.screenshot(page, tmp_path / "demo.png")
+    assert Image.open(shot).size[0] > 0
+    artifacts = REPO / "tests" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copy(shot, artifacts / "demo_browser.png")
