@@ -478,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--guidance-high", type=float, default=0.9, help="guidance interval top (S, L 0.9; H 0.7)")
     fr.add_argument("--out", required=True)
     fr.set_defaults(func=cmd_convert_flowar)
+    from argen.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 

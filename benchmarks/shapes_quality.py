@@ -4,8 +4,9 @@
     python benchmarks/shapes_quality.py --model DIR --judge judge.pt -o cfg_scale=4 -o top_k=50   # sweeps
     python benchmarks/shapes_quality.py --model DIR --judge judge.pt --reconstruct 500   # the tokenizer
 
-The classifier trains here in a few minutes (its held-out accuracy is printed with the result), then
-classifies ``per-class`` generated images of every class. Writes JSON: classifier held-out accuracy,
+The classifier (argen.eval.shapes; ``argen eval --domain shapes`` uses the committed copy in
+assets/shapes-classifier) trains here in a few minutes (its held-out accuracy is printed with the
+result), then classifies ``per-class`` generated images of every class. Writes JSON: classifier held-out accuracy,
 generated-image accuracy overall and per class, the sampling options and seed. ``--reconstruct N``
 judges the tokenizer instead: N held-out shapes encoded and decoded (MSE, and the judge's accuracy on
 the reconstructions next to its accuracy on the originals) — the ceiling for any generator on it.
@@ -19,40 +20,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import argen
 from argen.data import SHAPE_NAMES, ShapesDataset
+from argen.eval.shapes import batch, classifier, train_classifier
 from argen.modeling import Pretrained
-
-
-def classifier(num_classes: int = len(SHAPE_NAMES)) -> nn.Module:
-    def block(i, o):
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
-
-    return nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
-
-
-def batch(ds: ShapesDataset, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [ds[i] for i in range(start, start + n)]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
-def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild, random damage of the kind a tokenizer does (blur from down/up-sampling, noise), so the
-    judge recognises shapes rather than the exact clean rendering."""
-    b, _, h, w = x.shape
-    out = x.clone()
-    for i in range(b):
-        r = float(torch.rand(1, generator=g))
-        if r < 0.5:
-            size = int(torch.randint(h // 4, h, (1,), generator=g))
-            small = F.interpolate(x[i : i + 1], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            out[i] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
-        sigma = 0.1 * float(torch.rand(1, generator=g))
-        out[i] = out[i] + sigma * torch.randn(out[i].shape, generator=g)
-    return out.clamp(-1, 1)
 
 
 def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> tuple[float, float]:
@@ -79,28 +51,6 @@ def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> tuple[float, 
         p = p[p > 0] / len(v)
         perplexity.append(float(torch.exp(-(p * p.log()).sum())))
     return sum(distinct) / len(common), sum(perplexity) / len(common)
-
-
-def train_classifier(resolution: int, steps: int, seed: int = 0) -> tuple[nn.Module, float]:
-    torch.manual_seed(seed)
-    net = classifier()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
-    train = ShapesDataset(resolution, "train", seed=1)  # other images than the generators were trained on
-    g = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        x, y = batch(train, step * 64, 64)
-        x = degrade(x, g)
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
-    x, y = batch(ShapesDataset(resolution, "test"), 0, 1000)
-    with torch.no_grad():
-        acc = (net(x).argmax(-1) == y).float().mean().item()
-    return net, acc
 
 
 def main() -> None:
