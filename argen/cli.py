@@ -276,7 +276,10 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     tok_class = read_json(Path(args.tokenizer) / CONFIG_NAME, f"{args.tokenizer} is not a tokenizer folder "
                           f"(no {CONFIG_NAME}); train one with `argen train tokenizer`").get("_class")
     family = {"var-vqvae": "var", "mar-kl": "mar"}.get(tok_class, "llamagen")
-    needs = {"var": ("a multi-scale VQ", "multiscale"), "mar": ("a KL (continuous)", "kl"), "llamagen": ("a VQ", "vq")}
+    needs = {"var": ("a multi-scale VQ", "multiscale"), "mar": ("a KL (continuous)", "kl"),
+             "flowar": ("a KL (continuous)", "kl"), "llamagen": ("a VQ", "vq")}
+    if args.kind == "flowar" and family == "mar":  # MAR and FlowAR both model a KL VAE's latents
+        family = "flowar"
     if args.kind and args.kind != family:
         what, kind = needs[args.kind]
         raise ConfigError(f"--kind {args.kind} needs {what} tokenizer, but {args.tokenizer} holds a {tok_class!r} "
@@ -284,10 +287,15 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads)
     if family == "mar":
         defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 16}
+    elif family == "flowar":  # next-scale inputs are upsampled through the latent size, as in training
+        ch_mult = read_json(Path(args.tokenizer) / CONFIG_NAME, "").get("ch_mult", [1])
+        defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "num_steps": 25,
+                    "upsample_size": args.resolution // 2 ** (len(ch_mult) - 1)}
     else:
         defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
-                          class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults)
+                          class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults,
+                          family=family)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -374,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg = tsub.add_parser("generator", help="a LlamaGen-style GPT (VQ tokenizer) or a VAR (multi-scale tokenizer)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)
     tg.add_argument("--tokenizer", required=True, help="folder written by `argen train tokenizer`")
-    tg.add_argument("--kind", choices=["llamagen", "var", "mar"], help="generator family (default: from the tokenizer)")
+    tg.add_argument("--kind", choices=["llamagen", "var", "mar", "flowar"],
+                    help="generator family (default: from the tokenizer; a KL tokenizer: mar, or flowar)")
     tg.add_argument("--dim", type=int, help="width")
     tg.add_argument("--depth", type=int)
     tg.add_argument("--heads", type=int)

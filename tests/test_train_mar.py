@@ -59,3 +59,18 @@ def test_train_kl_then_mar_with_the_cli(tmp_path):
     assert r.returncode != 0 and "multi-scale VQ tokenizer" in r.stderr and "mar-kl" in r.stderr
     r = _run("train", "tokenizer", "--kind", "kl", "--codebook-size", "8", "--steps", "1", "--out", str(tmp_path / "y"), *common)
     assert r.returncode != 0 and "--z-channels" in r.stderr
+
+
+def test_train_flowar_on_a_kl_tokenizer_with_the_cli(tmp_path):
+    common = ["--resolution", "16", "--batch-size", "4", "--warmup-steps", "1", "--sample-every", "2",
+              "--checkpoint-every", "2", "-q"]
+    r = _run("train", "tokenizer", "--kind", "kl", "--steps", "2", "--out", str(tmp_path / "kl"), *common)
+    assert r.returncode == 0, r.stderr
+    r = _run("train", "generator", "--kind", "flowar", "--tokenizer", str(tmp_path / "kl"), "--steps", "2",
+             "--out", str(tmp_path / "flowar"), *common)
+    assert r.returncode == 0, r.stderr
+    pipe = argen.load(tmp_path / "flowar")
+    assert pipe.generator.kind == "flow-scale" and pipe.generator.scales == [1, 2, 4]  # 16px / downsample 4
+    assert pipe.defaults["upsample_size"] == 4
+    images = pipe.generate(["star", "ring"], seed=0, output_type="pt", num_steps=4)
+    assert images.shape == (2, 3, 16, 16)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
+from argen.generators.flowar import FlowAR, FlowARConfig
 from argen.generators.mar import MAR, MARConfig
 from argen.generators.var import VAR, VARConfig
 from argen.images import make_grid
@@ -53,17 +54,24 @@ MAR_PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
                   decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50"),
 }
+FLOWAR_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
+                 decoder_num_heads=4, diffloss_d=2, diffloss_w=64),
+    "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
+                  decoder_num_heads=8, diffloss_d=3, diffloss_w=256),
+}
 # the CLI's width/depth/heads flags in each family's argument names (MAR: encoder and decoder alike)
 _FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "depth", "num_heads"),
                "mar": (("encoder_embed_dim", "decoder_embed_dim"), ("encoder_depth", "decoder_depth"),
                        ("encoder_num_heads", "decoder_num_heads"))}
+_FLAG_NAMES["flowar"] = _FLAG_NAMES["mar"]
 
 
 def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None, **overrides: Any) -> dict[str, Any]:
     """Model arguments of a training preset for ``family`` ('llamagen' or 'var'), with overrides."""
-    presets = {"llamagen": PRESETS, "var": VAR_PRESETS, "mar": MAR_PRESETS}.get(family)
+    presets = {"llamagen": PRESETS, "var": VAR_PRESETS, "mar": MAR_PRESETS, "flowar": FLOWAR_PRESETS}.get(family)
     if presets is None:
-        raise ConfigError(f"unknown generator family {family!r}; known: llamagen, var, mar")
+        raise ConfigError(f"unknown generator family {family!r}; known: llamagen, var, mar, flowar")
     if preset not in presets:
         raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(presets)}")
     flags = {}
@@ -80,11 +88,19 @@ def next_token_loss(model: torch.nn.Module, codes: torch.Tensor, labels: torch.T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
 
 
+def doubling_scales(latent: int) -> list[int]:
+    """FlowAR's scale schedule for a latent size: 1, 2, 4, ... up to it (a power of two)."""
+    if latent < 1 or latent & (latent - 1):
+        raise ConfigError(f"FlowAR needs a power-of-two latent size (scales double up to it), got {latent}")
+    return [2**i for i in range(latent.bit_length())]
+
+
 def train_generator(
     settings: TrainSettings,
     tokenizer_dir: str,
     model_args: dict[str, Any],
     *,
+    family: str | None = None,
     ema_decay: float = 0.999,
     class_dropout: float = 0.1,
     dropout: float = 0.1,
@@ -100,7 +116,13 @@ def train_generator(
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
     h, w = tok.latent_grid(settings.resolution)
-    if isinstance(tok, KLVAE):
+    if isinstance(tok, KLVAE) and family == "flowar":
+        cfg = FlowARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
+                           vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
+                           attn_dropout=dropout, proj_dropout=dropout, scale=doubling_scales(h))
+        model = FlowAR(cfg)
+        model.init_weights()
+    elif isinstance(tok, KLVAE):
         cfg = MARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
                         vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
                         attn_dropout=dropout, proj_dropout=dropout)
@@ -153,14 +175,16 @@ def train_generator(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
         with torch.no_grad():
-            if isinstance(tok, KLVAE):  # MAR trains on posterior samples, as the official
+            if isinstance(tok, KLVAE) and family == "flowar":  # FlowAR: scaled latents, split per scale inside
+                codes = tok.encode(images.to(acc.device), sample=True)
+            elif isinstance(tok, KLVAE):  # MAR trains on posterior samples, as the official
                 codes = acc.unwrap_model(model).patchify(tok.encode(images.to(acc.device), sample=True))
             else:
                 codes = tok.encode(images.to(acc.device))
                 codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
         with acc.autocast():
             if isinstance(tok, KLVAE):
-                loss = model(codes, labels.to(acc.device))
+                loss = model(codes, labels.to(acc.device))  # MAR's masked diffusion / FlowAR's flow matching
             else:
                 loss = next_token_loss(model, codes, labels.to(acc.device))
         opt.zero_grad(set_to_none=True)
