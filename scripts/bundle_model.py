@@ -29,6 +29,14 @@ def describe(pipe) -> str:
                 f"({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, {tok.codebook_size} codes, scales "
                 f"{', '.join(map(str, tok.patch_nums))}: {gen.seq_len} tokens in {len(tok.patch_nums)} steps), both "
                 f"trained from scratch on {data}.")
+    if gen.kind in ("continuous", "flow-scale"):
+        c = gen.config
+        what = ("A MAR-style masked generator with a per-token diffusion head" if gen.kind == "continuous" else
+                f"A FlowAR-style scale-wise flow-matching generator (scales {', '.join(map(str, c.scale))})")
+        return (f"{what} ({n_gen / 1e6:.2f}M parameters, encoder/decoder {c.encoder_depth}+{c.decoder_depth} blocks of "
+                f"width {c.encoder_embed_dim}, head {c.diffloss_d} x {c.diffloss_w}) over the latents of a KL VAE "
+                f"({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, {tok.latent_channels} channels, latent scale "
+                f"{tok.scaling_factor:.4f}), both trained from scratch on {data}.")
     g = gen.token_grid
     return (f"A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {gen.config.n_layer} layers, "
             f"width {gen.config.dim}) over the codes of a VQ tokenizer ({n_tok / 1e6:.2f}M parameters, downsample "

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the bundled continuous-token models assets/shapes-mar and assets/shapes-flowar from scratch on
+# the CPU: one KL VAE (MAR's continuous tokenizer) on the shapes set at 64x64, then a small MAR and a
+# small FlowAR on its latents, then their model cards. Run it alone: a second CPU-heavy job makes a
+# 2-thread torch training several times slower. (Recipe not yet run: see issues 6 and 7.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs}
+argen train tokenizer --kind kl --data shapes --preset small --resolution 64 --steps 1500 --batch-size 16 \
+  --lr 2e-3 --warmup-steps 100 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-kl"
+argen train generator --kind mar --tokenizer "$RUNS/shapes-kl" --data shapes --preset small --resolution 64 \
+  --steps 3000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
+  --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-mar"
+argen train generator --kind flowar --tokenizer "$RUNS/shapes-kl" --data shapes --preset small --resolution 64 \
+  --steps 3000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
+  --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-flowar"
+python scripts/bundle_model.py "$RUNS/shapes-kl" "$RUNS/shapes-mar" assets/shapes-mar --script scripts/build_bundled_mar.sh
+python scripts/bundle_model.py "$RUNS/shapes-kl" "$RUNS/shapes-flowar" assets/shapes-flowar --script scripts/build_bundled_mar.sh
