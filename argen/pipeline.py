@@ -42,11 +42,8 @@ class ARPipeline:
             image_size = image_size or tokenizer.image_size
         # the tokenizer's latent grid the generator works on (MAR may pack p x p latents per token)
         grid = getattr(generator, "latent_grid" if generator.kind == "continuous" else "token_grid", None)
-        if getattr(generator, "kind", None) == "flow-scale":
+        if hasattr(generator, "check_tokenizer"):  # continuous-token models check the VAE they decode with
             generator.check_tokenizer(tokenizer)
-        if getattr(generator, "kind", None) == "continuous" and tokenizer.latent_channels != generator.config.vae_embed_dim:
-            raise ConfigError(f"the tokenizer's latents have {tokenizer.latent_channels} channels, the generator "
-                              f"models {generator.config.vae_embed_dim} (vae_embed_dim)")
         self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else None)
         if grid and self.image_size and tokenizer.latent_grid(self.image_size) != tuple(grid):
             raise ConfigError(

@@ -48,11 +48,7 @@ def interval_guidance(scale: float | None, low: float, high: float, batch: int) 
 
 
 def _check(opts: SamplingOptions, num_steps: int, low: float, high: float, upsample: int) -> None:
-    if opts.top_k or opts.top_p < 1.0 or opts.greedy or opts.temperature != 1.0:
-        raise ConfigError("top_k / top_p / greedy / temperature do not apply to FlowAR's flow ODE; it samples with "
-                          "cfg_scale, cfg_schedule, num_steps, guidance_low/guidance_high and the seed")
-    if opts.cfg_schedule not in ("linear", "constant"):
-        raise ConfigError(f"FlowAR's cfg_schedule is 'linear' (official) or 'constant', got {opts.cfg_schedule!r}")
+    opts.check_continuous("FlowAR", ("linear", "constant"), temperature=False)  # a deterministic flow ODE
     flowar_time_grid(num_steps)  # validates num_steps
     for name, v in (("guidance_low", low), ("guidance_high", high)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

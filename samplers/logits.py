@@ -86,6 +86,17 @@ class SamplingOptions:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def check_continuous(self, family: str, schedules: tuple[str, ...], temperature: bool = True) -> None:
+        """Samplers of continuous tokens draw from no logits: top-k / top-p / greedy (and, where the
+        model has no noise to scale, temperature) are errors, and only ``schedules`` are valid."""
+        bad = [n for n, on in (("top_k", self.top_k), ("top_p", self.top_p < 1.0), ("greedy", self.greedy),
+                               ("temperature", not temperature and self.temperature != 1.0)) if on]
+        if bad:
+            raise ConfigError(f"{' / '.join(bad)} do not apply to {family}'s continuous tokens; it samples with "
+                              f"cfg_scale, cfg_schedule{', temperature' if temperature else ''} and its own step options")
+        if self.cfg_schedule not in schedules:
+            raise ConfigError(f"{family}'s cfg_schedule is one of {', '.join(schedules)}, got {self.cfg_schedule!r}")
+
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, extrapolate: bool = False) -> torch.Tensor:
     """Classifier-free guidance on logits, in the official order of operations: LlamaGen's

@@ -36,11 +36,7 @@ def mask_lengths(seq_len: int, num_iter: int) -> list[int]:
 
 
 def _check(opts: SamplingOptions, num_iter: int, seq_len: int) -> None:
-    if opts.top_k or opts.top_p < 1.0 or opts.greedy:
-        raise ConfigError("top_k / top_p / greedy apply to discrete tokens; a continuous-token model samples "
-                          "with cfg_scale, cfg_schedule, temperature, num_iter and diffusion_steps")
-    if opts.cfg_schedule not in ("linear", "constant"):
-        raise ConfigError(f"MAR's cfg_schedule is 'linear' or 'constant', got {opts.cfg_schedule!r}")
+    opts.check_continuous("MAR", ("linear", "constant"))
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or not 1 <= num_iter <= seq_len:
         raise ConfigError(f"num_iter must be an integer in [1, {seq_len}] (the token count), got {num_iter!r}")
 

@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argen.errors import ConfigError
 from argen.nn import attention
+
+
+def latent_grid(image_size: int | tuple[int, int], downsample: int) -> tuple[int, int]:
+    """(h, w) of the latents of ``image_size`` images at ``downsample``; a size it does not divide is an error."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if h % downsample or w % downsample or h < downsample or w < downsample:
+        raise ConfigError(f"image size {h}x{w} must be a positive multiple of this VAE's downsample factor {downsample}")
+    return h // downsample, w // downsample
 
 
 def group_norm(c: int, groups: int = 32) -> nn.GroupNorm:

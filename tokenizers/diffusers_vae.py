@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from argen.errors import CheckpointError, ConfigError, DownloadError
+from argen.tokenizers.blocks import latent_grid
 from argen.tokenizers.kl import sample_gaussian
 
 
@@ -71,11 +72,7 @@ class DiffusersVAE(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def latent_grid(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        d = self.downsample
-        if h % d or w % d or h < d or w < d:
-            raise ConfigError(f"image size {h}x{w} must be a positive multiple of this VAE's downsample factor {d}")
-        return h // d, w // d
+        return latent_grid(image_size, self.downsample)
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images -> (mean, std) of the posterior, unscaled."""

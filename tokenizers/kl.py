@@ -19,7 +19,7 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.tokenizers.blocks import AttnBlock
+from argen.tokenizers.blocks import AttnBlock, latent_grid
 from argen.tokenizers.taming import Decoder, Encoder, TamingArch
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -107,11 +107,7 @@ class KLVAE(Pretrained):
         return self.config.scaling_factor
 
     def latent_grid(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        d = self.downsample
-        if h % d or w % d or h < d or w < d:
-            raise ConfigError(f"image size {h}x{w} must be a positive multiple of this VAE's downsample factor {d}")
-        return h // d, w // d
+        return latent_grid(image_size, self.downsample)
 
     def posterior_parameters(self, images: torch.Tensor) -> torch.Tensor:
         """images -> (B, 2 * embed_dim, h, w): mean then log-variance (official ``encode().parameters``)."""

@@ -169,6 +169,13 @@ class MAR(Pretrained):
     def check_condition(self, cond: Any, allow_null: bool = False) -> torch.Tensor:
         return check_class_ids(cond, self.config.class_num, self.fake_latent.device)
 
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """ConfigError unless ``tokenizer`` (a continuous VAE) gives latents this model can read."""
+        channels = getattr(tokenizer, "latent_channels", None)
+        if channels != self.config.vae_embed_dim:
+            raise ConfigError(f"the tokenizer's latents have {channels} channels, the generator models "
+                              f"{self.config.vae_embed_dim} (vae_embed_dim)")
+
     def class_embedding(self, labels: torch.Tensor | None, batch_size: int | None = None) -> torch.Tensor:
         """Class embeddings (B, D); ``labels`` None gives the unconditional ``fake_latent`` rows."""
         if labels is None:
