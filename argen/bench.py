@@ -98,6 +98,9 @@ def run_bench(
                 "latency_s_per_image": med / bs,
                 "images_per_s": bs / med,
                 "sampler_s": statistics.median(st.wall_time_s for st in stats[spec]),
+                # speed-up = step compression / pass cost: a wide pass is free only where it is memory-bound
+                "ms_per_pass": 1000 * med / passes,
+                "pass_cost_vs_ar": (med / passes) / (base / base_passes),
                 "speedup_vs_ar": base / med,
                 "slower_than_ar": med > base,
                 "times_s": times[spec],
@@ -123,12 +126,12 @@ def run_bench(
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a fixed-width table (one row per sampler and batch size)."""
-    head = f"{'sampler':<28} {'batch':>5} {'passes':>7} {'compr.':>7} {'tok/pass':>8} {'s/img':>8} {'img/s':>8} {'vs ar':>7}"
+    head = f"{'sampler':<28} {'batch':>5} {'passes':>7} {'compr.':>7} {'tok/pass':>8} {'ms/pass':>8} {'cost':>6} {'s/img':>8} {'img/s':>8} {'vs ar':>7}"
     lines = [f"{report['model']}: {report['tokens_per_image']} tokens/image, {report['device']}, {report['dtype']}, "
              f"{report['threads']} threads, median of {report['repeats']}", head, "-" * len(head)]
     for r in report["results"]:
         flag = "  (slower than ar)" if r["slower_than_ar"] else ""
         lines.append(f"{r['sampler']:<28} {r['batch_size']:>5} {r['forward_passes']:>7.1f} {r['step_compression']:>6.2f}x "
-                     f"{r['tokens_per_pass']:>8.2f} {r['latency_s_per_image']:>8.3f} {r['images_per_s']:>8.2f} "
+                     f"{r['tokens_per_pass']:>8.2f} {r['ms_per_pass']:>8.2f} {r['pass_cost_vs_ar']:>5.2f}x {r['latency_s_per_image']:>8.3f} {r['images_per_s']:>8.2f} "
                      f"{r['speedup_vs_ar']:>6.2f}x{flag}")
     return "\n".join(lines)

@@ -91,6 +91,10 @@ def test_argen_bench_reports_samplers_against_ar(tmp_path):
     assert sjd["forward_passes"] < 64 and sjd["step_compression"] == pytest.approx(64 / sjd["forward_passes"])
     assert len(sjd["accept_histogram"]) == 5 and sum(k * c for k, c in enumerate(sjd["accept_histogram"])) == 63
     assert sjd["options"] == {"window": 4, "init": "random"} and sjd["slower_than_ar"] == (sjd["speedup_vs_ar"] < 1)
+    # the speed-up factorises into step compression / cost of a pass relative to AR's
+    assert ar["pass_cost_vs_ar"] == pytest.approx(1.0) and "ms/pass" in r.stdout
+    assert sjd["speedup_vs_ar"] == pytest.approx(sjd["step_compression"] / sjd["pass_cost_vs_ar"])
+    assert sjd["ms_per_pass"] == pytest.approx(1000 * sjd["latency_s_per_image"] / sjd["forward_passes"])
 
 
 def test_bench_bad_sampler_specs():
