@@ -61,6 +61,16 @@ def kept_draft_probs(p_kept: torch.Tensor, q_kept: torch.Tensor) -> torch.Tensor
     return p_kept
 
 
+def draw_rows(weights: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """One index per row of unnormalised ``weights`` (..., V) by inverse CDF: one uniform per row
+    (``torch.multinomial`` draws V exponentials per row, the largest cost of a pass's bookkeeping on
+    the CPU). A zero weight is never drawn (the search is strict)."""
+    cdf = weights.double().cumsum(dim=-1)
+    u = torch.rand(weights.shape[:-1] + (1,), generator=rng, device=weights.device, dtype=torch.float64)
+    idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
+    return idx.clamp_(max=weights.shape[-1] - 1).squeeze(-1)
+
+
 def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, coupled: bool,
                   rng: torch.Generator | None) -> torch.Tensor:
     """This pass's sample for every slot 1..W-1 (the next drafts where the slot stays unverified):
@@ -68,16 +78,15 @@ def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, couple
     the draft d with probability min(1, p(d) / q(d)), else draw from max(0, p - q). Either way the
     sample is distributed as p given the pass's context; coupled, it equals the old draft as often as
     possible, so the window's contexts settle and later drafts get accepted (MC-SJD, arXiv 2510.24211)."""
-    b, w, vocab = p.shape
-    if not coupled or w < 3:
-        return torch.multinomial(p[:, 1:].reshape(-1, vocab), 1, generator=rng).view(b, w - 1)
+    if not coupled or p.shape[1] < 3:
+        return draw_rows(p[:, 1:], rng)
     # slots 1..W-2 hold drafts drafts[:, 1:] (position done + j); the last slot has none
     p_mid, q_mid, d_mid = p[:, 1:-1], q[:, 1:], drafts[:, 1:]
     p_d = p_mid.gather(-1, d_mid[..., None]).squeeze(-1)
     q_d = q_mid.gather(-1, d_mid[..., None]).squeeze(-1)
     keep = accept_mask(p_d, q_d, torch.rand(d_mid.shape, generator=rng, device=p.device))
-    redraw = torch.multinomial(coupling_weights(p_mid, q_mid).reshape(-1, vocab), 1, generator=rng).view_as(d_mid)
-    last = torch.multinomial(p[:, -1], 1, generator=rng)
+    redraw = draw_rows(coupling_weights(p_mid, q_mid), rng)
+    last = draw_rows(p[:, -1:], rng)
     return torch.cat([torch.where(keep, d_mid, redraw), last], dim=1)
 
 

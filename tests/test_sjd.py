@@ -120,3 +120,18 @@ def test_sjd_on_a_text_conditioned_model_equals_ar_greedy():
     a, _ = S.sample(t2i, captions, sampler="sjd", seed=1, window=1, cfg_scale=2.0, top_k=5)
     b, _ = S.sample(t2i, captions, seed=1, cfg_scale=2.0, top_k=5)
     assert torch.equal(a, b)
+
+
+def test_draw_rows_inverse_cdf_matches_the_weights():
+    from argen.samplers.sjd import draw_rows
+    from exactness import P_FAIL, _chi2_pvalue
+
+    w = torch.tensor([0.0, 3.0, 0.0, 1.0, 0.5, 0.0, 2.5, 0.0])  # unnormalised, zeros at both ends too
+    rows = w.expand(200_000, -1)
+    ids = draw_rows(rows, torch.Generator().manual_seed(0))
+    counts = torch.bincount(ids, minlength=8)
+    assert counts[w == 0].sum() == 0  # a zero weight is never drawn
+    keep = w > 0
+    assert _chi2_pvalue(counts[keep].double(), w[keep].double() / w.sum() * ids.numel()) > P_FAIL
+    # batched shapes: one index per row of (B, K, V)
+    assert draw_rows(torch.rand(3, 5, 8), None).shape == (3, 5)
