@@ -103,7 +103,8 @@ class Pretrained(nn.Module):
         if storage_dtype is not None:
             for k, v in state.items():
                 if v.is_floating_point():
-                    if not torch.isfinite(v.to(storage_dtype)).all():
+                    # infinities (attention masks) are stored as such; a finite value must stay finite
+                    if (torch.isfinite(v) & ~torch.isfinite(v.to(storage_dtype))).any():
                         raise ConfigError(f"{k} does not fit in {storage_dtype}")
                     state[k] = v.to(storage_dtype)
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "argen_class": self.registry_name})

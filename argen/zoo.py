@@ -257,7 +257,15 @@ BUNDLED: dict[str, BundledEntry] = {
             description="bundled default: LlamaGen-style GPT + VQ trained on the shapes set, 64px, 10 classes",
             image_size=64,
             params="",
-        )
+        ),
+        BundledEntry(
+            name="shapes-var",
+            folder="shapes-var",
+            description="bundled: VAR-style next-scale transformer + multi-scale VQ-VAE on the shapes set, 64px, 10 classes",
+            image_size=64,
+            params="",
+            family="var",
+        ),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"

@@ -42,6 +42,21 @@ def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
     assert grid.size == (4 * 64 + 5 * 2, 3 * 64 + 4 * 2)
 
 
+# one forward pass per token (LlamaGen), per scale (VAR: 1, 2, 3, 4, 5, 6, 8)
+PASSES = {"llamagen": 64, "var": 7}
+
+
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_argen_generate_with_each_bundled_model(tmp_path, name):
+    r = subprocess.run([sys.executable, "-m", "argen", "generate", "-q", "--model", name, "--classes", "star", "ring",
+                        "--out", str(tmp_path / "grid.png")], capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["classes"] == [6, 8] and report["forward_passes"] == PASSES[BUNDLED[name].family]
+    assert Image.open(tmp_path / "grid.png").size == (2 * 64 + 3 * 2, 64 + 2 * 2)
+
+
 def test_models_lists_the_bundled_model_first():
     assert argen.list_models()[0].name == DEFAULT_MODEL
     out = subprocess.run([sys.executable, "-m", "argen", "models"], capture_output=True, text=True).stdout

@@ -53,7 +53,7 @@ def test_models_lists_the_zoo(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "--model", "no-such-model"], "unknown model 'no-such-model'. Known models: shapes-llamagen, llamagen-gpt-b"),
+        (["generate", "--model", "no-such-model"], "unknown model 'no-such-model'. Known models: shapes-llamagen, shapes-var"),
         (["generate", "--classes", "99"], "class id(s) [99] out of range"),
         (["generate", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
         (["generate", "--top-p", "0"], "top_p must lie in (0, 1]"),

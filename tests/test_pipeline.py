@@ -82,7 +82,8 @@ def test_load_errors(tmp_path):
 
 def test_zoo_lists_the_released_models():
     names = [e.name for e in argen.list_models()]
-    assert names[:3] == ["shapes-llamagen", "llamagen-gpt-b", "llamagen-gpt-b-384"]
+    bundled = list(zoo.BUNDLED)
+    assert bundled[0] == "shapes-llamagen" and names[: len(bundled) + 2] == [*bundled, "llamagen-gpt-b", "llamagen-gpt-b-384"]
     assert {"llamagen-gpt-l", "llamagen-gpt-xl-384", "llamagen-gpt-xxl-384", "llamagen-gpt-3b-384"} <= set(names)
     e = zoo.OFFICIAL["llamagen-gpt-xl-384"]
     assert e.files == {"generator": "c2i_XL_384.pt", "tokenizer": "vq_ds16_c2i.pt"}
