@@ -70,6 +70,20 @@ def test_generator_stored_in_float16_loads_as_float32(tiny_pipe, tmp_path):
     assert loaded.generate([1, 2], seed=0, output_type="codes").shape == (2, 16)
 
 
+def test_float16_storage_keeps_infinite_masks_and_refuses_overflow(tmp_path):
+    from argen.generators import VAR, VARConfig
+
+    var = VAR(VARConfig(depth=2, embed_dim=32, num_heads=2, num_classes=4, vocab_size=16, patch_nums=[1, 2]))
+    assert torch.isinf(var.attn_bias_for_masking).any()  # the block-causal mask the official checkpoints store
+    var.save_pretrained(tmp_path / "var", storage_dtype=torch.float16)
+    back = VAR.from_pretrained(tmp_path / "var")
+    assert torch.equal(back.attn_bias_for_masking, var.attn_bias_for_masking)
+    with torch.no_grad():
+        var.head.weight[0, 0] = 1e6  # finite, beyond float16
+    with pytest.raises(ConfigError, match=r"head.weight does not fit in torch.float16"):
+        var.save_pretrained(tmp_path / "big", storage_dtype=torch.float16)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(UnknownModelError, match="unknown model 'llamagen-gpt-z'.*llamagen-gpt-b"):
         argen.load("llamagen-gpt-z")
