@@ -53,7 +53,9 @@ def run_bench(
     warmup: bool = True,
 ) -> dict[str, Any]:
     """Benchmark ``samplers`` (specs) against plain AR on ``pipe``; returns the JSON-able report.
-    ``warmup``: one untimed run per sampler first (skip it for big models on the CPU)."""
+    Repeat r draws the next ``batch`` classes of the pool (so batch 1 cycles through the classes:
+    acceptance differs from class to class), the same ones for every sampler. ``warmup``: one untimed
+    run per sampler first (skip it for big models on the CPU)."""
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     specs = ["ar"] + [s for s in samplers if s != "ar"]
@@ -65,21 +67,21 @@ def run_bench(
     for bs in batch_sizes:
         if bs < 1:
             raise ConfigError(f"batch sizes must be >= 1, got {bs}")
-        labels = [pool[i % len(pool)] for i in range(bs)]
         times: dict[str, list[float]] = {s: [] for s in specs}
         stats: dict[str, list] = {s: [] for s in specs}
 
-        def once(spec: str, s: int) -> tuple[float, Any]:
+        def once(spec: str, s: int, r: int) -> tuple[float, Any]:
             name, opts = parsed[spec]
+            labels = [pool[(r * bs + i) % len(pool)] for i in range(bs)]
             t = time.perf_counter()
             pipe.generate(labels, sampler=name, seed=s, output_type="pt", **sampling, **opts)
             return time.perf_counter() - t, pipe.last_stats
 
         for spec in specs if warmup else []:  # warm-up (allocations, kernels), not timed
-            once(spec, seed)
+            once(spec, seed, 0)
         for r in range(repeats):
             for spec in specs if r % 2 == 0 else specs[::-1]:
-                dt, st = once(spec, seed + r)
+                dt, st = once(spec, seed + r, r)
                 times[spec].append(dt)
                 stats[spec].append(st)
         base = statistics.median(times["ar"])

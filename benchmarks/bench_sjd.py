@@ -19,7 +19,7 @@ from argen.bench import format_table, run_bench
 # (model, random weights, samplers, batch sizes, repeats, warm-up)
 SUITE = [
     ("shapes-llamagen", False, ["sjd", "sjd:window=8", "sjd:window=4", "sjd:init=repeat-above", "sjd:init=random",
-                                "sjd:coupled=false"], [1, 8], 5, True),
+                                "sjd:coupled=false"], [1, 8], 10, True),
     ("llamagen-gpt-b", True, ["sjd"], [1, 8], 1, False),
 ]
 
