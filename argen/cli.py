@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", "-b", type=int, nargs="+", default=[1])
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--classes", "-c", nargs="+", help="class ids or names, cycled to the batch size")
+    b.add_argument("--classes", "-c", nargs="+", help="class ids or names: each repeat takes the next batch-size of them, cycling")
     b.add_argument("--cfg", type=float)
     b.add_argument("--top-k", type=int)
     b.add_argument("--top-p", type=float)

@@ -104,9 +104,12 @@ class Pretrained(nn.Module):
             for k, v in state.items():
                 if v.is_floating_point():
                     # infinities (attention masks) are stored as such; a finite value must stay finite
-                    if (torch.isfinite(v) & ~torch.isfinite(v.to(storage_dtype))).any():
+                    c = v.to(storage_dtype)
+                    if torch.isnan(v).any():
+                        raise ConfigError(f"{k} holds NaN: not saved")
+                    if (torch.isfinite(v) & ~torch.isfinite(c)).any():
                         raise ConfigError(f"{k} does not fit in {storage_dtype}")
-                    state[k] = v.to(storage_dtype)
+                    state[k] = c
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "argen_class": self.registry_name})
         return directory
 

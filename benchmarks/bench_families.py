@@ -28,14 +28,15 @@ from pathlib import Path
 import torch
 
 import argen
+from argen.cli import parse_key_values
 
 CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]
 
-# per family: sampling options on top of the zoo defaults, and the methods whose time is reported
+# per family: sampling options on top of the zoo defaults (VAR: the FID setting, as bench_var.py)
 SETTINGS = {
     "mar": {"cfg_scale": 3.0, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 64, "diffusion_steps": 100},
     "flowar": {},
-    "var": {},
+    "var": {"cfg_scale": 1.5, "top_k": 900, "top_p": 0.96},
 }
 WARMUP = {
     "mar": {"num_iter": 2, "diffusion_steps": 2},
@@ -71,27 +72,20 @@ def part_timers(family: str, pipe) -> dict[str, Timer]:
         parts = {"transformer": Timer(gen, "conditions"), "diffusion_head": Timer(gen.diffloss, "sample")}
     elif family == "flowar":
         parts = {"transformer": Timer(gen, "step"), "flow_head": Timer(gen, "velocity")}
-    else:
+    elif family == "var":
         parts = {"transformer": Timer(gen, "step")}
+    else:
+        raise SystemExit(f"bench_families times mar, flowar and var models, not {family!r}")
     parts["vae_decode"] = Timer(tok, "decode")
     return parts
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, float | int | str]]:
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``model:key=value`` items -> {model: {key: value}} (values as JSON, like ``argen bench``)."""
     out: dict[str, dict] = {}
     for item in items:
         model, _, kv = item.partition(":")
-        key, _, value = kv.partition("=")
-        if not key or not value:
-            raise SystemExit(f"--set wants model:key=value, got {item!r}")
-        try:
-            parsed: float | int | str = int(value)
-        except ValueError:
-            try:
-                parsed = float(value)
-            except ValueError:
-                parsed = value
-        out.setdefault(model, {})[key] = parsed
+        out.setdefault(model, {}).update(parse_key_values([kv]))
     return out
 
 

@@ -24,7 +24,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from argen.errors import ConfigError
+from argen.errors import ArgenError, ConfigError
 from argen.samplers.ar import StepCallback
 from argen.samplers.logits import SamplingOptions, draw, guide_at, target_probs
 from argen.samplers.stats import SamplerStats
@@ -64,8 +64,12 @@ def kept_draft_probs(p_kept: torch.Tensor, q_kept: torch.Tensor) -> torch.Tensor
 def draw_rows(weights: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
     """One index per row of unnormalised ``weights`` (..., V) by inverse CDF: one uniform per row
     (``torch.multinomial`` draws V exponentials per row, the largest cost of a pass's bookkeeping on
-    the CPU). A zero weight is never drawn (the search is strict)."""
+    the CPU). A zero weight is never drawn (the search is strict); every row needs a positive, finite
+    total, as ``torch.multinomial`` requires."""
     cdf = weights.double().cumsum(dim=-1)
+    total = cdf[..., -1]
+    if not bool(((total > 0) & total.isfinite()).all()):
+        raise ArgenError("cannot draw from weights without a positive finite total (NaN or inf logits?)")
     u = torch.rand(weights.shape[:-1] + (1,), generator=rng, device=weights.device, dtype=torch.float64)
     idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
     return idx.clamp_(max=weights.shape[-1] - 1).squeeze(-1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import argen.samplers as S
-from argen.errors import ConfigError
+from argen.errors import ArgenError, ConfigError
 from argen.generators import VAR, LlamaGen, LlamaGenConfig, VARConfig
 from argen.samplers.sjd import INITS
 
@@ -91,10 +91,10 @@ def test_argen_bench_reports_samplers_against_ar(tmp_path):
     assert sjd["forward_passes"] < 64 and sjd["step_compression"] == pytest.approx(64 / sjd["forward_passes"])
     assert len(sjd["accept_histogram"]) == 5 and sum(k * c for k, c in enumerate(sjd["accept_histogram"])) == 63
     assert sjd["options"] == {"window": 4, "init": "random"} and sjd["slower_than_ar"] == (sjd["speedup_vs_ar"] < 1)
-    # the speed-up factorises into step compression / cost of a pass relative to AR's
+    # the time of one pass: SJD's window-4 pass carries 4 tokens, so it costs more than AR's
     assert ar["pass_cost_vs_ar"] == pytest.approx(1.0) and "ms/pass" in r.stdout
-    assert sjd["speedup_vs_ar"] == pytest.approx(sjd["step_compression"] / sjd["pass_cost_vs_ar"])
-    assert sjd["ms_per_pass"] == pytest.approx(1000 * sjd["latency_s_per_image"] / sjd["forward_passes"])
+    assert sjd["ms_per_pass"] > 0 and sjd["pass_cost_vs_ar"] == pytest.approx(sjd["ms_per_pass"] / ar["ms_per_pass"])
+    assert sjd["ms_per_pass"] <= 1000 * sjd["latency_s_per_image"] * 1.01  # one pass is part of an image's time
 
 
 def test_bench_bad_sampler_specs():
@@ -135,3 +135,6 @@ def test_draw_rows_inverse_cdf_matches_the_weights():
     assert _chi2_pvalue(counts[keep].double(), w[keep].double() / w.sum() * ids.numel()) > P_FAIL
     # batched shapes: one index per row of (B, K, V)
     assert draw_rows(torch.rand(3, 5, 8), None).shape == (3, 5)
+    for bad in (torch.zeros(2, 8), torch.full((2, 8), float("nan"))):
+        with pytest.raises(ArgenError, match="positive finite total"):
+            draw_rows(bad, None)
