@@ -9,10 +9,10 @@ RUNS=${RUNS:-runs}
 argen train tokenizer --kind kl --data shapes --preset small --resolution 64 --steps 1500 --batch-size 16 \
   --lr 2e-3 --warmup-steps 100 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-kl"
 argen train generator --kind mar --tokenizer "$RUNS/shapes-kl" --data shapes --preset small --resolution 64 \
-  --steps 3000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
+  --steps 2000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
   --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-mar"
 argen train generator --kind flowar --tokenizer "$RUNS/shapes-kl" --data shapes --preset small --resolution 64 \
-  --steps 3000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
+  --steps 2000 --batch-size 32 --lr 1e-3 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 \
   --cfg 3.0 --sample-every 500 --checkpoint-every 500 --out "$RUNS/shapes-flowar"
 python scripts/bundle_model.py "$RUNS/shapes-kl" "$RUNS/shapes-mar" assets/shapes-mar --script scripts/build_bundled_mar.sh
 python scripts/bundle_model.py "$RUNS/shapes-kl" "$RUNS/shapes-flowar" assets/shapes-flowar --script scripts/build_bundled_mar.sh

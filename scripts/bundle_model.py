@@ -44,6 +44,14 @@ def describe(pipe) -> str:
             f"tokens), both trained from scratch on {data}.")
 
 
+def code_stats(recon: dict) -> str:
+    """The card's sentence on code multiplicity (discrete tokenizers only)."""
+    if recon.get("code_perplexity_per_flat_colour") is None:
+        return "."
+    return (f"; over the tokens of one flat colour the code perplexity is {recon['code_perplexity_per_flat_colour']:.1f}\n"
+            f"({recon['codes_per_flat_colour']:.0f} distinct codes): entropy the generator must model without image content.")
+
+
 def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh",
          defaults: dict | None = None, judge: str | None = None) -> None:
     """``defaults``: sampling defaults to ship instead of the training run's (chosen by measuring
@@ -114,8 +122,7 @@ classifies {quality["images"]} generated images (20 per class, seed {quality["se
 
 The tokenizer's ceiling (400 held-out shapes encoded and decoded): reconstruction MSE
 {recon["reconstruction_mse"]:.4f}; the same classifier recognises {recon["judge_accuracy_reconstructions"]:.1%} of the
-reconstructions; over the tokens of one flat colour the code perplexity is {recon["code_perplexity_per_flat_colour"]:.1f}
-({recon["codes_per_flat_colour"]:.0f} distinct codes): entropy the generator must model without image content
+reconstructions{code_stats(recon)}
 (`python benchmarks/shapes_quality.py --model assets/{dest.name}/tokenizer --reconstruct 400`).
 
 ![samples (4 per class, seed 0)](samples.png)
