@@ -248,24 +248,17 @@ class BundledEntry:
         return {"pipeline": f"assets/{self.folder}"}
 
 
+def _shapes(family: str, what: str, default: bool = False) -> BundledEntry:
+    """A model trained here on the shapes set (64px, 10 classes), shipped in ``assets/shapes-<family>``."""
+    return BundledEntry(name=f"shapes-{family}", folder=f"shapes-{family}", image_size=64, family=family,
+                        description=f"bundled{' default' if default else ''}: {what} trained on the shapes set, 64px, 10 classes")
+
+
 BUNDLED: dict[str, BundledEntry] = {
     e.name: e
     for e in [
-        BundledEntry(
-            name="shapes-llamagen",
-            folder="shapes-llamagen",
-            description="bundled default: LlamaGen-style GPT + VQ trained on the shapes set, 64px, 10 classes",
-            image_size=64,
-            params="",
-        ),
-        BundledEntry(
-            name="shapes-var",
-            folder="shapes-var",
-            description="bundled: VAR-style next-scale transformer + multi-scale VQ-VAE on the shapes set, 64px, 10 classes",
-            image_size=64,
-            params="",
-            family="var",
-        ),
+        _shapes("llamagen", "LlamaGen-style GPT + VQ", default=True),
+        _shapes("var", "VAR-style next-scale transformer + multi-scale VQ-VAE"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"
