@@ -72,10 +72,8 @@ def part_timers(family: str, pipe) -> dict[str, Timer]:
         parts = {"transformer": Timer(gen, "conditions"), "diffusion_head": Timer(gen.diffloss, "sample")}
     elif family == "flowar":
         parts = {"transformer": Timer(gen, "step"), "flow_head": Timer(gen, "velocity")}
-    elif family == "var":
+    else:  # var (bench_model admits only the families of SETTINGS)
         parts = {"transformer": Timer(gen, "step")}
-    else:
-        raise SystemExit(f"bench_families times mar, flowar and var models, not {family!r}")
     parts["vae_decode"] = Timer(tok, "decode")
     return parts
 
@@ -90,8 +88,12 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 
 def bench_model(name: str, batches: list[int], repeats: int, overrides: dict) -> dict:
+    entry = argen.zoo.OFFICIAL.get(name)
+    if entry is None or entry.family not in SETTINGS:
+        known = [n for n, e in argen.zoo.OFFICIAL.items() if e.family in SETTINGS]
+        raise SystemExit(f"bench_families times the official mar, flowar and var models ({', '.join(known)}), not {name!r}")
+    family = entry.family
     pipe = argen.load(name, random_weights=True)
-    family = argen.zoo.OFFICIAL[name].family
     timers = part_timers(family, pipe)
     opts = {**pipe.defaults, **SETTINGS.get(family, {}), **overrides}
     pipe.generate([CLASSES[0]], seed=0, output_type="pt", **{**opts, **WARMUP.get(family, {})})  # warm-up
