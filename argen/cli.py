@@ -284,7 +284,10 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         what, kind = needs[args.kind]
         raise ConfigError(f"--kind {args.kind} needs {what} tokenizer, but {args.tokenizer} holds a {tok_class!r} "
                           f"(train it with --kind {kind})")
-    model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads)
+    overrides = {"noise_schedule": args.noise_schedule} if args.noise_schedule else {}
+    if overrides and family != "mar":
+        raise ConfigError(f"--noise-schedule is a MAR option; this run trains a {family}")
+    model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads, **overrides)
     if family == "mar":
         defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 16}
     elif family == "flowar":  # next-scale inputs are upsampled through the latent size, as in training
@@ -392,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--ema-decay", type=float, default=0.999)
     tg.add_argument("--cfg", type=float, default=3.0, help="default guidance written to the result")
     tg.add_argument("--top-k", type=int, default=0, help="default top-k written to the result")
+    tg.add_argument("--noise-schedule", choices=["cosine", "linear"],
+                    help="MAR: the diffusion head's betas (default: the preset's, linear; the released MARs use cosine)")
     tg.set_defaults(func=cmd_train_generator)
 
     b = sub.add_parser("bench", help="samplers against plain AR on one model: passes, tokens/pass, latency (JSON)")

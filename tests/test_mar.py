@@ -88,6 +88,27 @@ def test_respacing_matches_adm_for_mar_default():
         GaussianDiffusion.cosine(1000).respaced(0)
 
 
+
+def _first_step_eps_gain(chain: GaussianDiffusion) -> float:
+    """How much the first reverse step's mean moves per unit of epsilon error: coef1 * sqrt(1/ab - 1)."""
+    return float(chain.posterior_mean_coef1[-1] * chain.sqrt_recipm1_alphas_cumprod[-1])
+
+
+def test_noise_schedule_option():
+    """Official MARs keep the cosine chain; 'linear' (the small training presets) avoids the cosine
+    chain's huge first-step gain on epsilon errors, which made small heads sample noise."""
+    assert MARConfig().noise_schedule == "cosine"
+    with pytest.raises(ConfigError, match="unknown noise_schedule 'sigmoid'; known: cosine, linear"):
+        MARConfig(noise_schedule="sigmoid")
+    cosine = MAR(MARConfig(**fixture_config("mar_tiny")))
+    linear = MAR(MARConfig(**{**fixture_config("mar_tiny"), "noise_schedule": "linear"}))
+    assert cosine.diffloss.train_diffusion.betas[0] < linear.diffloss.train_diffusion.betas[0]
+    np.testing.assert_allclose(linear.diffloss.train_diffusion.betas[[0, -1]], [1e-4, 0.02])
+    assert _first_step_eps_gain(cosine.diffloss.chain(50)) > 100
+    assert _first_step_eps_gain(linear.diffloss.chain(50)) < 1
+    # the schedule is part of the saved config, so a reloaded model samples on its own chain
+    assert MARConfig(**linear.config.__dict__).noise_schedule == "linear"
+
 def test_mask_schedule():
     lens = mask_lengths(256, 64)
     assert len(lens) == 64 and lens[-1] == 1 and all(a > b for a, b in zip(lens, lens[1:-1]))

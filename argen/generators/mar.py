@@ -24,6 +24,7 @@ from argen.errors import ConfigError
 from argen.generators.condition import check_class_ids
 from argen.generators.mar_head import DiffusionHead
 from argen.modeling import Pretrained, build_config, register
+from argen.nn.diffusion import NOISE_SCHEDULES
 from argen.nn.linear import Linear
 from argen.nn.vit import ViTBlock
 
@@ -64,6 +65,8 @@ class MARConfig:
     num_sampling_steps: str | int = "100"
     diffusion_batch_mul: int = 4
     grad_checkpointing: bool = False
+    # not an official argument (the official head is always cosine): 'linear' suits small models
+    noise_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
@@ -74,6 +77,8 @@ class MARConfig:
                                  ("decoder", self.decoder_embed_dim, self.decoder_num_heads)):
             if dim % heads:
                 raise ConfigError(f"{what}_embed_dim {dim} must be a multiple of {what}_num_heads {heads}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ConfigError(f"unknown noise_schedule {self.noise_schedule!r}; known: {', '.join(NOISE_SCHEDULES)}")
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
             raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
 
@@ -127,7 +132,8 @@ class MAR(Pretrained):
         self.decoder_blocks = nn.ModuleList(ViTBlock(dec, c.decoder_num_heads, **block) for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(dec, eps=1e-6)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, n, dec))
-        self.diffloss = DiffusionHead(c.token_embed_dim, dec, c.diffloss_w, c.diffloss_d, int(c.num_sampling_steps))
+        self.diffloss = DiffusionHead(c.token_embed_dim, dec, c.diffloss_w, c.diffloss_d, int(c.num_sampling_steps),
+                                     noise_schedule=c.noise_schedule)
 
     def init_weights(self) -> None:
         """The official initialisation (N(0, 0.02) embeddings and tokens, xavier linears)."""

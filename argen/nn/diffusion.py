@@ -36,6 +36,9 @@ def linear_betas(steps: int) -> np.ndarray:
     return np.linspace(scale * 0.0001, scale * 0.02, steps, dtype=np.float64)
 
 
+NOISE_SCHEDULES = {"cosine": cosine_betas, "linear": linear_betas}
+
+
 def spaced_steps(steps: int, count: int) -> list[int]:
     """ADM's ``space_timesteps(steps, str(count))`` for one section: ``count`` evenly spaced original
     steps from 0 to steps - 1 (float stride accumulated and rounded, as the official code does)."""
@@ -79,6 +82,13 @@ class GaussianDiffusion:
     @classmethod
     def cosine(cls, steps: int = 1000) -> "GaussianDiffusion":
         return cls(cosine_betas(steps))
+
+    @classmethod
+    def from_schedule(cls, schedule: str, steps: int = 1000) -> "GaussianDiffusion":
+        """The chain of a named beta schedule: 'cosine' (MAR's) or 'linear' (DDPM / DiT's)."""
+        if schedule not in NOISE_SCHEDULES:
+            raise ConfigError(f"unknown noise schedule {schedule!r}; known: {', '.join(NOISE_SCHEDULES)}")
+        return cls(NOISE_SCHEDULES[schedule](steps))
 
     def respaced(self, count: int) -> "GaussianDiffusion":
         """The chain over ``count`` evenly spaced steps, betas recomputed from alpha_bar at them."""
