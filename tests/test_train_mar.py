@@ -74,3 +74,18 @@ def test_train_flowar_on_a_kl_tokenizer_with_the_cli(tmp_path):
     assert pipe.defaults["upsample_size"] == 4
     images = pipe.generate(["star", "ring"], seed=0, output_type="pt", num_steps=4)
     assert images.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("family", ["mar", "flowar"])
+def test_small_preset_fits_the_bundle_budget(family):
+    """A bundled checkpoint stays under about 20 MB (float16): the 'small' presets of the continuous
+    families, on the shapes KL VAE's 8x8x8 latents, must fit before an hour is spent training one."""
+    from argen.generators import FlowAR, FlowARConfig, MAR, MARConfig
+    from argen.train.generator import generator_config
+
+    geometry = dict(img_size=64, vae_stride=8, vae_embed_dim=8, class_num=10)
+    args = generator_config("small", family)
+    with torch.device("meta"):
+        model = (MAR(MARConfig(**args, **geometry)) if family == "mar"
+                 else FlowAR(FlowARConfig(**args, **geometry, scale=[1, 2, 4, 8])))
+    assert 2 * sum(p.numel() for p in model.parameters()) < 20e6

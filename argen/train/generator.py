@@ -57,8 +57,9 @@ MAR_PRESETS: dict[str, dict[str, Any]] = {
 FLOWAR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
                  decoder_num_heads=4, diffloss_d=2, diffloss_w=64),
-    "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8, diffloss_d=3, diffloss_w=256),
+    # width 192: FlowAR's AdaLN blocks make 256 wide 13.7M parameters, 27 MB in float16, over the bundle budget
+    "small": dict(encoder_embed_dim=192, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=192, decoder_depth=4,
+                  decoder_num_heads=8, diffloss_d=3, diffloss_w=192),
 }
 # the CLI's width/depth/heads flags in each family's argument names (MAR: encoder and decoder alike)
 _FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "depth", "num_heads"),
