@@ -259,6 +259,7 @@ BUNDLED: dict[str, BundledEntry] = {
     for e in [
         _shapes("llamagen", "LlamaGen-style GPT + VQ", default=True),
         _shapes("var", "VAR-style next-scale transformer + multi-scale VQ-VAE"),
+        _shapes("flowar", "FlowAR-style scale-wise flow-matching transformer + KL VAE"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"
