@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from argen.errors import ArgenError, ConfigError
+from argen.nn.diffusion import NOISE_SCHEDULES
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i.py labels
@@ -395,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--ema-decay", type=float, default=0.999)
     tg.add_argument("--cfg", type=float, default=3.0, help="default guidance written to the result")
     tg.add_argument("--top-k", type=int, default=0, help="default top-k written to the result")
-    tg.add_argument("--noise-schedule", choices=["cosine", "linear"],
+    tg.add_argument("--noise-schedule", choices=list(NOISE_SCHEDULES),
                     help="MAR: the diffusion head's betas (default: the preset's, linear; the released MARs use cosine)")
     tg.set_defaults(func=cmd_train_generator)
 

@@ -88,7 +88,6 @@ def test_respacing_matches_adm_for_mar_default():
         GaussianDiffusion.cosine(1000).respaced(0)
 
 
-
 def _first_step_eps_gain(chain: GaussianDiffusion) -> float:
     """How much the first reverse step's mean moves per unit of epsilon error: coef1 * sqrt(1/ab - 1)."""
     return float(chain.posterior_mean_coef1[-1] * chain.sqrt_recipm1_alphas_cumprod[-1])
@@ -108,6 +107,7 @@ def test_noise_schedule_option():
     assert _first_step_eps_gain(linear.diffloss.chain(50)) < 1
     # the schedule is part of the saved config, so a reloaded model samples on its own chain
     assert MARConfig(**linear.config.__dict__).noise_schedule == "linear"
+
 
 def test_mask_schedule():
     lens = mask_lengths(256, 64)

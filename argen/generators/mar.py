@@ -24,7 +24,7 @@ from argen.errors import ConfigError
 from argen.generators.condition import check_class_ids
 from argen.generators.mar_head import DiffusionHead
 from argen.modeling import Pretrained, build_config, register
-from argen.nn.diffusion import NOISE_SCHEDULES
+from argen.nn.diffusion import check_noise_schedule
 from argen.nn.linear import Linear
 from argen.nn.vit import ViTBlock
 
@@ -77,8 +77,7 @@ class MARConfig:
                                  ("decoder", self.decoder_embed_dim, self.decoder_num_heads)):
             if dim % heads:
                 raise ConfigError(f"{what}_embed_dim {dim} must be a multiple of {what}_num_heads {heads}")
-        if self.noise_schedule not in NOISE_SCHEDULES:
-            raise ConfigError(f"unknown noise_schedule {self.noise_schedule!r}; known: {', '.join(NOISE_SCHEDULES)}")
+        check_noise_schedule(self.noise_schedule)
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
             raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
 

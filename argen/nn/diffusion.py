@@ -39,6 +39,11 @@ def linear_betas(steps: int) -> np.ndarray:
 NOISE_SCHEDULES = {"cosine": cosine_betas, "linear": linear_betas}
 
 
+def check_noise_schedule(name: str) -> None:
+    if name not in NOISE_SCHEDULES:
+        raise ConfigError(f"unknown noise_schedule {name!r}; known: {', '.join(NOISE_SCHEDULES)}")
+
+
 def spaced_steps(steps: int, count: int) -> list[int]:
     """ADM's ``space_timesteps(steps, str(count))`` for one section: ``count`` evenly spaced original
     steps from 0 to steps - 1 (float stride accumulated and rounded, as the official code does)."""
@@ -81,13 +86,12 @@ class GaussianDiffusion:
 
     @classmethod
     def cosine(cls, steps: int = 1000) -> "GaussianDiffusion":
-        return cls(cosine_betas(steps))
+        return cls.from_schedule("cosine", steps)
 
     @classmethod
     def from_schedule(cls, schedule: str, steps: int = 1000) -> "GaussianDiffusion":
         """The chain of a named beta schedule: 'cosine' (MAR's) or 'linear' (DDPM / DiT's)."""
-        if schedule not in NOISE_SCHEDULES:
-            raise ConfigError(f"unknown noise schedule {schedule!r}; known: {', '.join(NOISE_SCHEDULES)}")
+        check_noise_schedule(schedule)
         return cls(NOISE_SCHEDULES[schedule](steps))
 
     def respaced(self, count: int) -> "GaussianDiffusion":

@@ -50,9 +50,11 @@ VAR_PRESETS: dict[str, dict[str, Any]] = {
 }
 MAR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
-                 decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20", noise_schedule="linear"),
+                 decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20",
+                 noise_schedule="linear"),
     "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50", noise_schedule="linear"),
+                  decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50",
+                  noise_schedule="linear"),
 }  # linear betas: the cosine chain's first reverse step multiplies a small head's epsilon error ~600x
 FLOWAR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
