@@ -8,7 +8,10 @@ a sampler slower than AR in a setting is flagged, not hidden. Repeat r uses the 
 pool (batch 1 cycles through them), the same for every sampler.
 
     argen bench --model shapes-llamagen --samplers sjd sjd:window=8,init=random --batch-size 1 8
+    argen bench --model flowar-s var-d16 mar-base --random-weights -b 1 8 --repeats 1   # families side by side
 
+Several models run one after the other in the same process; the report then adds a comparison of
+their plain-AR rows (images/s and the ratio to the first model), which is how families are compared.
 A sampler spec is ``name`` or ``name:key=value,key=value`` (values parsed as JSON when they parse).
 """
 from __future__ import annotations
@@ -143,4 +146,28 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{r['sampler']:<28} {r['batch_size']:>5} {r['forward_passes']:>7.1f} {r['step_compression']:>6.2f}x "
                      f"{r['tokens_per_pass']:>8.2f} {r['ms_per_pass']:>8.2f} {r['pass_cost_vs_ar']:>5.2f}x {r['latency_s_per_image']:>8.3f} {r['images_per_s']:>8.2f} "
                      f"{r['speedup_vs_ar']:>6.2f}x{flag}")
+    return "\n".join(lines)
+
+
+def compare_models(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several models' reports (same process) -> one report with their plain-AR rows side by side:
+    images/s per batch size and the speed ratio against the first model at that batch size."""
+    rows = [{"model": rep["model"], "tokens_per_image": rep["tokens_per_image"], **r}
+            for rep in reports for r in rep["results"] if r["sampler"] == "ar"]
+    first = {r["batch_size"]: r["images_per_s"] for r in rows if r["model"] == reports[0]["model"]}
+    comparison = [{"model": r["model"], "batch_size": r["batch_size"], "tokens_per_image": r["tokens_per_image"],
+                   "latency_s_per_image": r["latency_s_per_image"], "images_per_s": r["images_per_s"],
+                   "speed_vs_first": r["images_per_s"] / first[r["batch_size"]] if r["batch_size"] in first else None}
+                  for r in rows]
+    return {"benchmark": "models", "baseline": reports[0]["model"], "comparison": comparison, "reports": list(reports)}
+
+
+def format_comparison(report: dict[str, Any]) -> str:
+    """The comparison of :func:`compare_models` as a fixed-width table."""
+    head = f"{'model':<36} {'batch':>5} {'tokens':>6} {'s/img':>9} {'img/s':>9} {'vs ' + report['baseline'][:14]:>18}"
+    lines = ["plain sampling, model against model (same process)", head, "-" * len(head)]
+    for r in report["comparison"]:
+        ratio = "" if r["speed_vs_first"] is None else f"{r['speed_vs_first']:.2f}x"
+        lines.append(f"{r['model']:<36} {r['batch_size']:>5} {r['tokens_per_image']:>6} {r['latency_s_per_image']:>9.3f} "
+                     f"{r['images_per_s']:>9.4f} {ratio:>18}")
     return "\n".join(lines)

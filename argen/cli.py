@@ -119,19 +119,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- bench -----------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     import argen
-    from argen.bench import format_table, run_bench
+    from argen.bench import compare_models, format_comparison, format_table, run_bench
+    from argen.samplers import samplers_for
     from argen.zoo import DEFAULT_MODEL
 
-    pipe = argen.load(args.model or DEFAULT_MODEL, device=args.device, dtype=_dtype(args.dtype),
-                      checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights)
     sampling = {k: v for k, v in dict(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                       temperature=args.temperature).items() if v is not None}
-    classes = pipe.resolve_classes(args.classes) if args.classes else None
-    report = run_bench(pipe, args.samplers, batch_sizes=args.batch_size, classes=classes, repeats=args.repeats,
-                       seed=args.seed, sampling=sampling)
-    if args.random_weights:
-        report["model"] += " (random weights)"
-    print(format_table(report))
+    reports = []
+    for name in args.model or [DEFAULT_MODEL]:
+        pipe = argen.load(name, device=args.device, dtype=_dtype(args.dtype),
+                          checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights)
+        # default: every sampler that can drive this model (token-wise: sjd; the others: plain only)
+        samplers = args.samplers if args.samplers is not None else [s for s in samplers_for(pipe.generator) if s != "ar"]
+        classes = pipe.resolve_classes(args.classes) if args.classes else None
+        report = run_bench(pipe, samplers, batch_sizes=args.batch_size, classes=classes, repeats=args.repeats,
+                           seed=args.seed, sampling=sampling, warmup=not args.no_warmup)
+        if args.random_weights:
+            report["model"] += " (random weights)"
+        print(format_table(report), flush=True)
+        reports.append(report)
+    if len(reports) > 1:
+        report = compare_models(reports)
+        print(format_comparison(report))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"JSON: {args.out}")
@@ -401,12 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     tg.set_defaults(func=cmd_train_generator)
 
     b = sub.add_parser("bench", help="samplers against plain AR on one model: passes, tokens/pass, latency (JSON)")
-    b.add_argument("--model", "-m", help="zoo name or pretrained folder; default: the bundled model")
-    b.add_argument("--samplers", "-s", nargs="+", default=["sjd"],
-                   help="sampler specs, e.g. sjd sjd:window=8,init=random (plain ar is always the baseline)")
+    b.add_argument("--model", "-m", nargs="+",
+                   help="zoo names or pretrained folders; default: the bundled model. Several: compared side by side")
+    b.add_argument("--samplers", "-s", nargs="+",
+                   help="sampler specs, e.g. sjd sjd:window=8,init=random (plain ar is always the baseline; "
+                        "default: every sampler the model supports)")
     b.add_argument("--batch-size", "-b", type=int, nargs="+", default=[1])
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-warmup", action="store_true", help="skip the untimed first run per sampler (big models on a CPU)")
     b.add_argument("--classes", "-c", nargs="+", help="class ids or names: each repeat takes the next batch-size of them, cycling")
     b.add_argument("--cfg", type=float)
     b.add_argument("--top-k", type=int)
