@@ -281,14 +281,14 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from argen.train import train_generator
     from argen.train.generator import generator_config
 
-    from argen.modeling import CONFIG_NAME, read_json
+    from argen.tokenizers import load_tokenizer
 
-    tok_class = read_json(Path(args.tokenizer) / CONFIG_NAME, f"{args.tokenizer} is not a tokenizer folder "
-                          f"(no {CONFIG_NAME}); train one with `argen train tokenizer`").get("_class")
-    family = {"var-vqvae": "var", "mar-kl": "mar"}.get(tok_class, "llamagen")
-    needs = {"var": ("a multi-scale VQ", "multiscale"), "mar": ("a KL (continuous)", "kl"),
-             "flowar": ("a KL (continuous)", "kl"), "llamagen": ("a VQ", "vq")}
-    if args.kind == "flowar" and family == "mar":  # MAR and FlowAR both model a KL VAE's latents
+    tok = load_tokenizer(args.tokenizer)
+    tok_class = tok.registry_name
+    family = "var" if tok.kind == "multiscale" else "mar" if tok.kind == "continuous" else "llamagen"
+    needs = {"var": ("a multi-scale VQ", "multiscale"), "mar": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl"),
+             "flowar": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl"), "llamagen": ("a VQ", "vq")}
+    if args.kind == "flowar" and family == "mar":  # MAR and FlowAR both model a continuous VAE's latents
         family = "flowar"
     if args.kind and args.kind != family:
         what, kind = needs[args.kind]
@@ -301,9 +301,8 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     if family == "mar":
         defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 16}
     elif family == "flowar":  # next-scale inputs are upsampled through the latent size, as in training
-        ch_mult = read_json(Path(args.tokenizer) / CONFIG_NAME, "").get("ch_mult", [1])
         defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "num_steps": 25,
-                    "upsample_size": args.resolution // 2 ** (len(ch_mult) - 1)}
+                    "upsample_size": args.resolution // tok.downsample}
     else:
         defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
@@ -394,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.set_defaults(func=cmd_train_tokenizer)
     tg = tsub.add_parser("generator", help="a LlamaGen-style GPT (VQ tokenizer) or a VAR (multi-scale tokenizer)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)
-    tg.add_argument("--tokenizer", required=True, help="folder written by `argen train tokenizer`")
+    tg.add_argument("--tokenizer", required=True,
+                    help="folder written by `argen train tokenizer`; for MAR/FlowAR also a diffusers AutoencoderKL "
+                         "folder or hub id (its own scaling factor)")
     tg.add_argument("--kind", choices=["llamagen", "var", "mar", "flowar"],
                     help="generator family (default: from the tokenizer; a KL tokenizer: mar, or flowar)")
     tg.add_argument("--dim", type=int, help="width")

@@ -18,6 +18,7 @@ from argen import __version__
 from argen.errors import ConfigError
 from argen.images import to_pil
 from argen.modeling import Pretrained, read_json
+from argen.tokenizers.loading import load_tokenizer
 
 INDEX_NAME = "model_index.json"
 
@@ -179,7 +180,7 @@ class ARPipeline:
         directory = Path(directory)
         index = read_json(directory / INDEX_NAME, f"{directory} is not an argen pretrained folder (no {INDEX_NAME})")
         gen = Pretrained.from_pretrained(directory / index.get("generator", "generator"), device=device, dtype=dtype)
-        tok = Pretrained.from_pretrained(directory / index.get("tokenizer", "tokenizer"), device=device)
+        tok = load_tokenizer(directory / index.get("tokenizer", "tokenizer"), device=device)
         return cls(
             gen,
             tok,

@@ -76,6 +76,56 @@ def test_train_flowar_on_a_kl_tokenizer_with_the_cli(tmp_path):
     assert images.shape == (2, 3, 16, 16)
 
 
+@pytest.fixture(scope="module")
+def diffusers_vae_dir(tmp_path_factory):
+    """A tiny diffusers AutoencoderKL (downsample 2, 4 latent channels) with its own scaling factor."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                          sample_size=16, scaling_factor=0.5)
+    path = tmp_path_factory.mktemp("diffusers_vae")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind,passes", [("flowar", 4), ("mar", 2)])
+def test_train_on_a_diffusers_vae_with_the_cli(tmp_path, diffusers_vae_dir, kind, passes):
+    """Any diffusers AutoencoderKL is a continuous tokenizer: train on it, save, reload with its scaling."""
+    from argen.tokenizers import DiffusersVAE
+
+    common = ["--resolution", "16", "--batch-size", "4", "--warmup-steps", "1", "--sample-every", "2",
+              "--checkpoint-every", "2", "-q"]
+    r = _run("train", "generator", "--kind", kind, "--tokenizer", str(diffusers_vae_dir), "--steps", "2",
+             "--out", str(tmp_path / kind), *common)
+    assert r.returncode == 0, r.stderr
+    pipe = argen.load(tmp_path / kind)
+    tok = pipe.tokenizer
+    assert isinstance(tok, DiffusersVAE) and tok.scaling_factor == 0.5 and tok.latent_channels == 4
+    assert pipe.generator.latent_grid == (8, 8)  # 16px / downsample 2
+    if kind == "flowar":
+        assert pipe.generator.scales == [1, 2, 4, 8] and pipe.defaults["upsample_size"] == 8
+    with torch.no_grad():  # the saved VAE is the same network: same latents for the same image
+        x = torch.stack([ShapesDataset(16)[i][0] for i in range(2)])
+        original = DiffusersVAE.from_diffusers(diffusers_vae_dir)
+        torch.testing.assert_close(tok.encode(x), original.encode(x))
+    opts = ["--num-steps", "2"] if kind == "flowar" else ["--num-iter", "2", "--diffusion-steps", "2"]
+    r = _run("generate", "--model", str(tmp_path / kind), "--classes", "star", *opts, "--out", str(tmp_path / "g.png"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["forward_passes"] == passes
+
+
+def test_train_generator_tokenizer_errors(tmp_path, diffusers_vae_dir):
+    common = ["--resolution", "16", "--batch-size", "4", "--steps", "1", "-q"]
+    r = _run("train", "generator", "--kind", "var", "--tokenizer", str(diffusers_vae_dir), "--out", str(tmp_path / "x"), *common)
+    assert r.returncode != 0 and "multi-scale VQ tokenizer" in r.stderr and "'diffusers-vae'" in r.stderr
+    r = _run("train", "generator", "--tokenizer", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"), *common)
+    assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = _run("train", "generator", "--tokenizer", "no-owner/no-vae", "--out", str(tmp_path / "z"), *common)
+    assert r.returncode != 0 and "no such local folder" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("family", ["mar", "flowar"])
 def test_small_preset_fits_the_bundle_budget(family):
     """A bundled checkpoint stays under about 20 MB (float16): the 'small' presets of the continuous

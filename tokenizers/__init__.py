@@ -8,7 +8,9 @@ Continuous tokenizers code images as scaled latents (B, ``latent_channels``, h, 
 """
 from argen.tokenizers.diffusers_vae import DiffusersVAE
 from argen.tokenizers.kl import KLConfig, KLVAE
+from argen.tokenizers.loading import is_diffusers_vae_folder, load_tokenizer
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
-__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "VQConfig", "VQTokenizer"]
+__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "VQConfig", "VQTokenizer",
+           "is_diffusers_vae_folder", "load_tokenizer"]

@@ -6,9 +6,14 @@ scaling the diffusion pipelines do outside the VAE: latents = (z - shift_factor)
     vae = DiffusersVAE.from_diffusers("stabilityai/sd-vae-ft-ema")   # or a local folder
     latents = vae.encode(images)            # (B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8)
     images = vae.decode(latents)
+    vae.save_pretrained("pipe/tokenizer")   # a diffusers folder whose config carries argen's scaling
+
+A pipeline folder may hold such a folder as its tokenizer, and ``argen train generator --tokenizer``
+takes one (or a hub id): :func:`argen.tokenizers.load_tokenizer` tells the two kinds of folder apart.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ class DiffusersVAE(nn.Module):
     """Continuous tokenizer around a ``diffusers.AutoencoderKL`` (kept as ``self.vae``)."""
 
     kind = "continuous"
+    registry_name = "diffusers-vae"
 
     def __init__(self, vae: nn.Module, scaling_factor: float | None = None, shift_factor: float | None = None) -> None:
         super().__init__()
@@ -62,6 +68,17 @@ class DiffusersVAE(nn.Module):
                 "download it elsewhere and pass its local folder"
             ) from None
         return cls(vae.eval(), scaling_factor=scaling_factor)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """A diffusers folder (config.json + safetensors) whose config holds this wrapper's scaling and
+        shift, so :meth:`from_diffusers` on it gives the same latents."""
+        directory = Path(directory)
+        self.vae.save_pretrained(directory, safe_serialization=True)
+        config_file = directory / "config.json"
+        config = json.loads(config_file.read_text())
+        config.update(scaling_factor=self.scaling_factor, shift_factor=self.shift_factor)
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
+        return directory
 
     @property
     def latent_channels(self) -> int:

@@ -22,9 +22,8 @@ from argen.generators.flowar import FlowAR, FlowARConfig
 from argen.generators.mar import MAR, MARConfig
 from argen.generators.var import VAR, VARConfig
 from argen.images import make_grid
-from argen.modeling import Pretrained
 from argen.pipeline import ARPipeline
-from argen.tokenizers.kl import KLVAE
+from argen.tokenizers.loading import load_tokenizer
 from argen.tokenizers.msvq import MultiScaleVQVAE
 from argen.tokenizers.vq import VQTokenizer
 from argen.train.data import check_stride, make_dataset
@@ -109,23 +108,26 @@ def train_generator(
     dropout: float = 0.1,
     sample_defaults: dict[str, Any] | None = None,
 ) -> Path:
-    """Train a generator on the codes of the (frozen) tokenizer in ``tokenizer_dir``; write the
-    pipeline folder to ``settings.out`` and return it."""
+    """Train a generator on the codes of the (frozen) tokenizer in ``tokenizer_dir`` (an argen tokenizer
+    folder; for MAR and FlowAR also a diffusers AutoencoderKL folder or hub id); write the pipeline
+    folder to ``settings.out`` and return it."""
     out = Path(settings.out)
-    tok = Pretrained.from_pretrained(tokenizer_dir)
-    if not isinstance(tok, (VQTokenizer, MultiScaleVQVAE, KLVAE)):
-        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ, multi-scale VQ or KL tokenizer")
+    tok = load_tokenizer(tokenizer_dir)
+    continuous = getattr(tok, "kind", None) == "continuous"
+    if not (continuous or isinstance(tok, (VQTokenizer, MultiScaleVQVAE))):
+        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ, multi-scale VQ or continuous "
+                          "(KL VAE, diffusers AutoencoderKL) tokenizer")
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
     h, w = tok.latent_grid(settings.resolution)
-    if isinstance(tok, KLVAE) and family == "flowar":
+    if continuous and family == "flowar":
         cfg = FlowARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
                            vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
                            attn_dropout=dropout, proj_dropout=dropout, scale=doubling_scales(h))
         model = FlowAR(cfg)
         model.init_weights()
-    elif isinstance(tok, KLVAE):
+    elif continuous:
         cfg = MARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
                         vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
                         attn_dropout=dropout, proj_dropout=dropout)
@@ -162,7 +164,7 @@ def train_generator(
     ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
-            "tokenizer": str(Path(tokenizer_dir).resolve())}
+            "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
     prior = prior_train_time(out, settings.resume)
     start = load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta) if settings.resume else 0
     ema.updates = start
@@ -178,15 +180,15 @@ def train_generator(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
         with torch.no_grad():
-            if isinstance(tok, KLVAE) and family == "flowar":  # FlowAR: scaled latents, split per scale inside
+            if continuous and family == "flowar":  # FlowAR: scaled latents, split per scale inside
                 codes = tok.encode(images.to(acc.device), sample=True)
-            elif isinstance(tok, KLVAE):  # MAR trains on posterior samples, as the official
+            elif continuous:  # MAR trains on posterior samples, as the official
                 codes = acc.unwrap_model(model).patchify(tok.encode(images.to(acc.device), sample=True))
             else:
                 codes = tok.encode(images.to(acc.device))
                 codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
         with acc.autocast():
-            if isinstance(tok, KLVAE):
+            if continuous:
                 loss = model(codes, labels.to(acc.device))  # MAR's masked diffusion / FlowAR's flow matching
             else:
                 loss = next_token_loss(model, codes, labels.to(acc.device))
