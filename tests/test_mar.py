@@ -109,6 +109,34 @@ def test_noise_schedule_option():
     assert MARConfig(**linear.config.__dict__).noise_schedule == "linear"
 
 
+def test_pos_embed_init_option():
+    """'sincos' (the small training presets) starts the token rows of all three position embeddings at
+    MAE's 2D table; the buffer rows and the official default ('normal') keep N(0, 0.02)."""
+    from argen.nn.position import sincos_2d
+
+    assert MARConfig().pos_embed_init == "normal"
+    with pytest.raises(ConfigError, match="unknown pos_embed_init 'rope'; known: normal, sincos"):
+        MARConfig(pos_embed_init="rope")
+    table = sincos_2d(3, 4, 8)
+    assert table.shape == (12, 8) and len({tuple(r) for r in table.tolist()}) == 12  # every position differs
+    grid = table.reshape(3, 4, 8)
+    assert torch.equal(grid[:, :1, :4].expand(3, 4, 4), grid[..., :4])  # first half: the row only
+    assert torch.equal(grid[:1, :, 4:].expand(3, 4, 4), grid[..., 4:])  # second half: the column only
+    omega = torch.tensor([1.0, 0.01])  # 10000^(-k / 2) for dim 8: two frequencies per axis
+    torch.testing.assert_close(grid[1, 2], torch.cat([omega.sin(), omega.cos(), (2 * omega).sin(), (2 * omega).cos()]))
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        sincos_2d(2, 2, 6)
+    cfg = {**fixture_config("mar_tiny"), "pos_embed_init": "sincos"}
+    torch.manual_seed(0)
+    model = MAR(MARConfig(**cfg))
+    model.init_weights()
+    n, g = model.seq_len, model.config.grid
+    for p in (model.encoder_pos_embed_learned, model.decoder_pos_embed_learned, model.diffusion_pos_embed_learned):
+        assert torch.equal(p[0, -n:], sincos_2d(g, g, p.shape[-1]))
+    buffer = model.encoder_pos_embed_learned[0, :-n]
+    assert buffer.abs().max() < 0.2 and buffer.std() > 0.01  # N(0, 0.02), untouched
+
+
 def test_mask_schedule():
     lens = mask_lengths(256, 64)
     assert len(lens) == 64 and lens[-1] == 1 and all(a > b for a, b in zip(lens, lens[1:-1]))

@@ -26,6 +26,7 @@ from argen.generators.mar_head import DiffusionHead
 from argen.modeling import Pretrained, build_config, register
 from argen.nn.diffusion import check_noise_schedule
 from argen.nn.linear import Linear
+from argen.nn.position import sincos_2d
 from argen.nn.vit import ViTBlock
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -37,6 +38,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mar_huge": dict(encoder_embed_dim=1280, encoder_depth=20, encoder_num_heads=16, decoder_embed_dim=1280,
                      decoder_depth=20, decoder_num_heads=16, diffloss_d=12, diffloss_w=1536),
 }
+
+
+POS_EMBED_INITS = ("normal", "sincos")
 
 
 @dataclass
@@ -67,6 +71,9 @@ class MARConfig:
     grad_checkpointing: bool = False
     # not an official argument (the official head is always cosine): 'linear' suits small models
     noise_schedule: str = "cosine"
+    # not official either, initialisation only: 'sincos' starts the learned position embeddings of the
+    # tokens at MAE's 2D sine-cosine table instead of N(0, 0.02), so a small model sees positions at once
+    pos_embed_init: str = "normal"
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
@@ -78,6 +85,8 @@ class MARConfig:
             if dim % heads:
                 raise ConfigError(f"{what}_embed_dim {dim} must be a multiple of {what}_num_heads {heads}")
         check_noise_schedule(self.noise_schedule)
+        if self.pos_embed_init not in POS_EMBED_INITS:
+            raise ConfigError(f"unknown pos_embed_init {self.pos_embed_init!r}; known: {', '.join(POS_EMBED_INITS)}")
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
             raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
 
@@ -135,10 +144,16 @@ class MAR(Pretrained):
                                      noise_schedule=c.noise_schedule)
 
     def init_weights(self) -> None:
-        """The official initialisation (N(0, 0.02) embeddings and tokens, xavier linears)."""
+        """The official initialisation (N(0, 0.02) embeddings and tokens, xavier linears); with
+        ``pos_embed_init='sincos'`` the token rows of the position embeddings start at a 2D sin-cos table."""
         for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
                   self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
             nn.init.normal_(p, std=0.02)
+        if self.config.pos_embed_init == "sincos":
+            g, n = self.config.grid, self.config.seq_len
+            with torch.no_grad():
+                for p in (self.encoder_pos_embed_learned, self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+                    p[0, -n:] = sincos_2d(g, g, p.shape[-1]).to(p)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)

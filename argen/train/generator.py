@@ -50,11 +50,13 @@ VAR_PRESETS: dict[str, dict[str, Any]] = {
 MAR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
                  decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20",
-                 noise_schedule="linear"),
+                 noise_schedule="linear", pos_embed_init="sincos"),
     "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
                   decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50",
-                  noise_schedule="linear"),
-}  # linear betas: the cosine chain's first reverse step multiplies a small head's epsilon error ~600x
+                  noise_schedule="linear", pos_embed_init="sincos"),
+}  # linear betas: the cosine chain's first reverse step multiplies a small head's epsilon error ~600x;
+# sin-cos position init: from N(0, 0.02) a small MAR used a token's known neighbours no better than 8 random known
+# tokens after 2000 steps (held-out loss 0.136 with 8 known, 0.139 with 48 known)
 FLOWAR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
                  decoder_num_heads=4, diffloss_d=2, diffloss_w=64),
