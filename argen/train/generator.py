@@ -37,6 +37,7 @@ from argen.train.loop import (
     save_checkpoint,
     settings_dict,
     step_loader,
+    train_time,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -215,7 +216,7 @@ def train_generator(
             if acc.is_main_process:
                 save_checkpoint(out, done, {"generator": acc.unwrap_model(model), "ema": ema.shadow},
                                 {"generator": opt}, {**meta, "settings": settings_dict(settings),
-                                "train_time_s": round(prior + time.time() - t0, 1)})
+                                "train_time_s": train_time(prior, t0)})
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -223,7 +224,7 @@ def train_generator(
         pipe.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
             "kind": "generator", "steps": settings.steps, "final_losses": logs,
-            "train_time_s": round(prior + time.time() - t0, 1), "settings": settings_dict(settings),
+            "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
         }, indent=2))
     return out

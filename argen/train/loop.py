@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -191,6 +192,13 @@ def prior_train_time(out: Path, resume: bool) -> float:
     if not resume or not path.is_file():
         return 0.0
     return float(json.loads(path.read_text()).get("train_time_s", 0.0))
+
+
+def train_time(prior: float, t0: float) -> float:
+    """Cumulative training seconds: ``prior`` from a resumed checkpoint plus this run since ``t0``.
+
+    Kept to the millisecond so that a short resumed run still adds time (0.1 s rounding hid it)."""
+    return round(prior + time.time() - t0, 3)
 
 
 def settings_dict(settings: TrainSettings) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from argen.train.loop import (
     save_checkpoint,
     settings_dict,
     step_loader,
+    train_time,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -235,7 +236,7 @@ def train_tokenizer(
             if acc.is_main_process:
                 mods = {k: acc.unwrap_model(v) for k, v in {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}.items()}
                 save_checkpoint(out, done, mods, optims, {**meta, "settings": settings_dict(settings),
-                                "train_time_s": round(prior + time.time() - t0, 1)})
+                                "train_time_s": train_time(prior, t0)})
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -245,7 +246,7 @@ def train_tokenizer(
         final.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
             "kind": "tokenizer", "steps": settings.steps, "final_losses": logs,
-            "train_time_s": round(prior + time.time() - t0, 1), "settings": settings_dict(settings),
+            "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "class_names": class_names, "num_processes": acc.num_processes,
         }, indent=2))
     return out
