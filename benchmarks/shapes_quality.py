@@ -1,12 +1,12 @@
 """Class accuracy of a model's generated shapes, judged by a small CNN trained on the shapes set.
 
     python benchmarks/shapes_quality.py --model shapes-llamagen --per-class 20 --out results.json
-    python benchmarks/shapes_quality.py --model DIR --judge judge.pt -o cfg_scale=4 -o top_k=50   # sweeps
-    python benchmarks/shapes_quality.py --model DIR --judge judge.pt --reconstruct 500   # the tokenizer
+    python benchmarks/shapes_quality.py --model DIR -o cfg_scale=4 -o top_k=50   # sampling sweeps
+    python benchmarks/shapes_quality.py --model DIR --reconstruct 500   # the tokenizer
 
-The classifier (argen.eval.shapes; ``argen eval --domain shapes`` uses the committed copy in
-assets/shapes-classifier) trains here in a few minutes (its held-out accuracy is printed with the
-result), then classifies ``per-class`` generated images of every class. Writes JSON: classifier held-out accuracy,
+The classifier is the committed judge in assets/shapes-classifier (the one ``argen eval --domain shapes``
+uses; ``--judge FOLDER`` for another one written by ``python -m argen.eval.shapes --out FOLDER``). It
+classifies ``per-class`` generated images of every class. Writes JSON: classifier held-out accuracy,
 generated-image accuracy overall and per class, the sampling options and seed. ``--reconstruct N``
 judges the tokenizer instead: N held-out shapes encoded and decoded (MSE, and the judge's accuracy on
 the reconstructions next to its accuracy on the originals) — the ceiling for any generator on it.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import argen
 from argen.data import SHAPE_NAMES, ShapesDataset
-from argen.eval.shapes import batch, classifier, train_classifier
+from argen.eval.shapes import batch, load_judge
 from argen.modeling import Pretrained
 
 
@@ -57,10 +57,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="shapes-llamagen")
     p.add_argument("--per-class", type=int, default=20)
-    p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", "-o", action="append", default=[], help="sampling option key=value")
-    p.add_argument("--judge", help="file to keep the trained classifier in (reused when it exists)")
+    p.add_argument("--judge", help="shapes classifier folder (default: the committed assets/shapes-classifier)")
     p.add_argument("--reconstruct", type=int, default=0, metavar="N", help="judge N tokenizer reconstructions instead")
     p.add_argument("--out")
     args = p.parse_args()
@@ -71,17 +70,11 @@ def main() -> None:
     else:
         pipe = argen.load(args.model)
         tokenizer, resolution = pipe.tokenizer, pipe.image_size
-    t0 = time.time()
-    if args.judge and Path(args.judge).is_file():  # a classifier trained by an earlier run
-        saved = torch.load(args.judge, weights_only=True)
-        net, held_out = classifier(), saved["held_out"]
-        net.load_state_dict(saved["state"])
-        net.eval()
-    else:
-        net, held_out = train_classifier(resolution, args.classifier_steps)
-        if args.judge:
-            torch.save({"state": net.state_dict(), "held_out": held_out}, args.judge)
-    t_cls = time.time() - t0
+    judge = load_judge(args.judge)
+    net, held_out = judge.net, judge.info.get("held_out_accuracy")
+    if resolution != judge.resolution:
+        raise SystemExit(f"the judge in {judge.info['folder']} classifies {judge.resolution}px shapes; "
+                         f"{args.model} makes {resolution}px images")
     if args.reconstruct:
         x, y = batch(ShapesDataset(resolution, "test"), 0, args.reconstruct)
         with torch.inference_mode():
@@ -114,7 +107,7 @@ def main() -> None:
         "images": len(classes),
         "seed": args.seed,
         "sampling": {**pipe.defaults, **opts},
-        "classifier_train_s": round(t_cls, 1),
+        "judge": judge.info["folder"],
         "generation_s": round(t_gen, 1),
     }
     print(json.dumps(result, indent=2))

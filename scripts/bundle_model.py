@@ -55,7 +55,7 @@ def code_stats(recon: dict) -> str:
 def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh",
          defaults: dict | None = None, judge: str | None = None) -> None:
     """``defaults``: sampling defaults to ship instead of the training run's (chosen by measuring
-    with benchmarks/shapes_quality.py); ``judge``: a cached shapes classifier file to reuse."""
+    with benchmarks/shapes_quality.py); ``judge``: a shapes classifier folder (default: the committed one)."""
     tok_run, gen_run, dest = Path(tok_run), Path(gen_run), Path(dest)
     pipe = argen.load(gen_run)
     if defaults:
@@ -141,6 +141,6 @@ if __name__ == "__main__":
     ap.add_argument("dest")
     ap.add_argument("--script", default="scripts/build_bundled.sh", help="the build script quoted in the card")
     ap.add_argument("--defaults", type=json.loads, help="sampling defaults to ship, JSON")
-    ap.add_argument("--judge", help="cached classifier file for benchmarks/shapes_quality.py")
+    ap.add_argument("--judge", help="shapes classifier folder for benchmarks/shapes_quality.py (default: the committed one)")
     a = ap.parse_args()
     main(a.tokenizer_run, a.generator_run, a.dest, a.script, a.defaults, a.judge)
