@@ -294,9 +294,9 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         what, kind = needs[args.kind]
         raise ConfigError(f"--kind {args.kind} needs {what} tokenizer, but {args.tokenizer} holds a {tok_class!r} "
                           f"(train it with --kind {kind})")
-    overrides = {"noise_schedule": args.noise_schedule} if args.noise_schedule else {}
-    if overrides and family != "mar":
+    if args.noise_schedule and family != "mar":
         raise ConfigError(f"--noise-schedule is a MAR option; this run trains a {family}")
+    overrides = {**parse_key_values(args.config), **({"noise_schedule": args.noise_schedule} if args.noise_schedule else {})}
     model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads, **overrides)
     if family == "mar":
         defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 16}
@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--top-k", type=int, default=0, help="default top-k written to the result")
     tg.add_argument("--noise-schedule", choices=list(NOISE_SCHEDULES),
                     help="MAR: the diffusion head's betas (default: the preset's, linear; the released MARs use cosine)")
+    tg.add_argument("--config", nargs="+", metavar="KEY=VALUE",
+                    help="any other argument of the family's model config, e.g. mask_ratio_min=0.5 (MAR); "
+                         "an unknown name lists the known ones")
     tg.set_defaults(func=cmd_train_generator)
 
     b = sub.add_parser("bench", help="samplers against plain AR on one model: passes, tokens/pass, latency (JSON)")

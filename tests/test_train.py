@@ -127,3 +127,13 @@ def test_two_cpu_processes(trained, tmp_path):
     assert state["step"] == 3
     assert json.loads((tmp_path / "ddp" / "train.json").read_text())["num_processes"] == 2
     assert argen.load(tmp_path / "ddp").generator.config.num_classes == 10
+
+
+def test_generator_config_overrides_are_checked_by_name():
+    assert generator_config("tiny", "mar", mask_ratio_min=0.5)["mask_ratio_min"] == 0.5
+    with pytest.raises(ConfigError, match=r"unknown mar config option\(s\) bogus; known: .*mask_ratio_min"):
+        generator_config("tiny", "mar", bogus=1)
+    with pytest.raises(ConfigError, match="img_size: set from the tokenizer"):
+        generator_config("tiny", "mar", img_size=32)
+    with pytest.raises(ConfigError, match="unknown llamagen config option"):
+        generator_config("tiny", "llamagen", mask_ratio_min=0.5)
