@@ -70,7 +70,9 @@ _FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "d
                "mar": (("encoder_embed_dim", "decoder_embed_dim"), ("encoder_depth", "decoder_depth"),
                        ("encoder_num_heads", "decoder_num_heads"))}
 _FLAG_NAMES["flowar"] = _FLAG_NAMES["mar"]
-_CONFIGS = {"llamagen": LlamaGenConfig, "var": VARConfig, "mar": MARConfig, "flowar": FlowARConfig}
+# per family: its training presets and its model config class
+_FAMILIES = {"llamagen": (PRESETS, LlamaGenConfig), "var": (VAR_PRESETS, VARConfig), "mar": (MAR_PRESETS, MARConfig),
+             "flowar": (FLOWAR_PRESETS, FlowARConfig)}
 # arguments the trainer derives from the tokenizer, the data and its own flags: not settable as overrides
 _DERIVED = {"img_size", "vae_stride", "vae_embed_dim", "class_num", "label_drop_prob", "attn_dropout", "proj_dropout",
             "scale", "vocab_size", "num_classes", "Cvae", "patch_nums", "cond_drop_rate", "drop_rate", "block_size",
@@ -80,12 +82,12 @@ _DERIVED = {"img_size", "vae_stride", "vae_embed_dim", "class_num", "label_drop_
 def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None, **overrides: Any) -> dict[str, Any]:
     """Model arguments of a training preset for ``family`` (llamagen, var, mar, flowar), with overrides
     (any other argument of the family's config, e.g. MAR's ``mask_ratio_min``), checked by name."""
-    presets = {"llamagen": PRESETS, "var": VAR_PRESETS, "mar": MAR_PRESETS, "flowar": FLOWAR_PRESETS}.get(family)
-    if presets is None:
-        raise ConfigError(f"unknown generator family {family!r}; known: llamagen, var, mar, flowar")
+    if family not in _FAMILIES:
+        raise ConfigError(f"unknown generator family {family!r}; known: {', '.join(_FAMILIES)}")
+    presets, config_class = _FAMILIES[family]
     if preset not in presets:
         raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(presets)}")
-    known = {f.name for f in fields(_CONFIGS[family])} - _DERIVED
+    known = {f.name for f in fields(config_class)} - _DERIVED
     unknown = sorted(set(overrides) - known)
     if unknown:
         derived = [k for k in unknown if k in _DERIVED]
