@@ -137,6 +137,36 @@ def test_pos_embed_init_option():
     assert buffer.abs().max() < 0.2 and buffer.std() > 0.01  # N(0, 0.02), untouched
 
 
+def test_mask_ratio_dist_option():
+    """Training masks: 'truncnorm' (official) never leaves more than 30% known; 'cosine' follows the
+    sampler's cos(pi/2 u) law on [mask_ratio_min, 1], so most-known steps are trained too."""
+    cfg = {**fixture_config("mar_tiny"), "img_size": 64, "vae_stride": 4}  # 16 x 16 = 256 tokens
+    with pytest.raises(ConfigError, match="unknown mask_ratio_dist 'uniform'; known: truncnorm, cosine"):
+        MARConfig(**cfg, mask_ratio_dist="uniform")
+    with pytest.raises(ConfigError, match="mask_ratio_min must be in"):
+        MARConfig(**{**cfg, "mask_ratio_min": 1.5})
+
+    def masked_fractions(**kw):
+        model = MAR(MARConfig(**{**cfg, **kw}))
+        g = torch.Generator().manual_seed(0)
+        fractions = []
+        for _ in range(2000):
+            mask = model.random_mask(model.random_orders(2, g), g)
+            assert torch.equal(mask.sum(1), mask.sum(1)[:1].expand(2)) and set(mask.unique().tolist()) <= {0.0, 1.0}
+            fractions.append(mask[0].mean().item())
+        return torch.tensor(fractions)
+
+    official = masked_fractions()
+    assert official.min() >= 0.7 and official.max() == 1.0
+    cosine = masked_fractions(mask_ratio_dist="cosine", mask_ratio_min=0.0)
+    assert cosine.min() > 0  # at least one token to learn from
+    for r in (0.25, 0.5, 0.9):  # P(cos(pi/2 u) <= r) = 1 - 2/pi acos(r); k = ceil(256 r) shifts it < 1/256
+        expected = 1 - 2 / math.pi * math.acos(r)
+        assert abs((cosine <= r).float().mean().item() - expected) < 0.035, r
+    floored = masked_fractions(mask_ratio_dist="cosine", mask_ratio_min=0.5)
+    assert floored.min() >= 0.5 and (floored < 0.75).float().mean() > 0.3
+
+
 def test_mask_schedule():
     lens = mask_lengths(256, 64)
     assert len(lens) == 64 and lens[-1] == 1 and all(a > b for a, b in zip(lens, lens[1:-1]))

@@ -45,8 +45,11 @@ def test_train_kl_then_mar_with_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     tok = KLVAE.from_pretrained(tmp_path / "kl")
     assert tok.kind == "continuous" and tok.config.scaling_factor != 0.2325  # calibrated on held-out shapes
-    r = _run("train", "generator", "--tokenizer", str(tmp_path / "kl"), "--steps", "3", "--out", str(tmp_path / "mar"), *common)
+    r = _run("train", "generator", "--tokenizer", str(tmp_path / "kl"), "--steps", "3", "--out", str(tmp_path / "mar"),
+             "--latents", "mean", "--config", "mask_ratio_dist=cosine", "mask_ratio_min=0", *common)
     assert r.returncode == 0, r.stderr
+    state = json.loads((tmp_path / "mar" / "checkpoint" / "state.json").read_text())
+    assert state["latents"] == "mean" and state["config"]["mask_ratio_dist"] == "cosine"
     pipe = argen.load(tmp_path / "mar")
     assert pipe.generator.kind == "continuous" and pipe.defaults["cfg_schedule"] == "linear"
     assert (tmp_path / "mar" / "samples" / "generator_000003.png").is_file()

@@ -41,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 POS_EMBED_INITS = ("normal", "sincos")
+MASK_RATIO_DISTS = ("truncnorm", "cosine")
 
 
 @dataclass
@@ -74,6 +75,10 @@ class MARConfig:
     # not official either, initialisation only: 'sincos' starts the learned position embeddings of the
     # tokens at MAE's 2D sine-cosine table instead of N(0, 0.02), so a small model sees positions at once
     pos_embed_init: str = "normal"
+    # not official: the training mask ratio's law. 'truncnorm' (official) keeps 70-100% masked, so a model
+    # only ever sees few known tokens; 'cosine' draws r = cos(pi/2 u), u ~ U(0, 1) on [mask_ratio_min, 1],
+    # the law of the sampler's own cosine schedule, so the late iterations (most tokens known) are trained
+    mask_ratio_dist: str = "truncnorm"
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
@@ -87,6 +92,10 @@ class MARConfig:
         check_noise_schedule(self.noise_schedule)
         if self.pos_embed_init not in POS_EMBED_INITS:
             raise ConfigError(f"unknown pos_embed_init {self.pos_embed_init!r}; known: {', '.join(POS_EMBED_INITS)}")
+        if self.mask_ratio_dist not in MASK_RATIO_DISTS:
+            raise ConfigError(f"unknown mask_ratio_dist {self.mask_ratio_dist!r}; known: {', '.join(MASK_RATIO_DISTS)}")
+        if not 0.0 <= self.mask_ratio_min <= 1.0:
+            raise ConfigError(f"mask_ratio_min must be in [0, 1], got {self.mask_ratio_min}")
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
             raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
 
@@ -264,14 +273,19 @@ class MAR(Pretrained):
         return torch.stack([torch.randperm(self.seq_len, generator=generator, device=dev) for _ in range(batch_size)])
 
     def random_mask(self, orders: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training mask (B, L) float: the first ceil(L * r) positions of each order, r drawn from a
-        normal(1, 0.25) truncated to [mask_ratio_min, 1] (one r per batch, as the official)."""
+        """Training mask (B, L) float: the first ceil(L * r) positions of each order (at least one), one r
+        per batch as the official, r on [mask_ratio_min, 1] from a normal(1, 0.25) truncated there
+        ('truncnorm') or cos(pi/2 u), u uniform ('cosine')."""
         lo, n = self.config.mask_ratio_min, self.seq_len
-        while True:  # truncated normal by rejection
-            r = 1.0 + 0.25 * float(torch.randn((), generator=generator))
-            if lo <= r <= 1.0:
-                break
-        k = int(math.ceil(n * r))
+        if self.config.mask_ratio_dist == "cosine":
+            u_max = 2.0 / math.pi * math.acos(lo)  # cos(pi/2 u) >= lo
+            r = math.cos(math.pi / 2 * u_max * float(torch.rand((), generator=generator)))
+        else:
+            while True:  # truncated normal by rejection
+                r = 1.0 + 0.25 * float(torch.randn((), generator=generator))
+                if lo <= r <= 1.0:
+                    break
+        k = max(1, int(math.ceil(n * r)))
         mask = torch.zeros(orders.shape, device=orders.device)
         return mask.scatter(1, orders[:, :k], 1.0)
 

@@ -101,6 +101,9 @@ def generator_config(preset: str, family: str = "llamagen", *, width=None, depth
     return {**presets[preset], **{k: v for k, v in {**flags, **overrides}.items() if v is not None}}
 
 
+LATENT_MODES = ("sample", "mean")
+
+
 def next_token_loss(model: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Teacher-forced cross-entropy of codes (B, N) given the classes (token-wise: next token;
     scale-wise: every scale from the coarser ones)."""
@@ -125,13 +128,21 @@ def train_generator(
     class_dropout: float = 0.1,
     dropout: float = 0.1,
     sample_defaults: dict[str, Any] | None = None,
+    latents: str = "sample",
 ) -> Path:
     """Train a generator on the codes of the (frozen) tokenizer in ``tokenizer_dir`` (an argen tokenizer
     folder; for MAR and FlowAR also a diffusers AutoencoderKL folder or hub id); write the pipeline
-    folder to ``settings.out`` and return it."""
+    folder to ``settings.out`` and return it. ``latents`` (continuous tokenizers): train on posterior
+    ``"sample"``s (as the official MAR and FlowAR) or the posterior ``"mean"`` (noise-free targets and
+    context: a small model does not spend capacity on the VAE's posterior noise)."""
     out = Path(settings.out)
+    if latents not in LATENT_MODES:
+        raise ConfigError(f"latents must be one of {', '.join(LATENT_MODES)}, got {latents!r}")
     tok = load_tokenizer(tokenizer_dir)
     continuous = getattr(tok, "kind", None) == "continuous"
+    if latents != "sample" and not continuous:
+        raise ConfigError(f"latents={latents!r} is for a continuous (KL VAE) tokenizer; {tokenizer_dir} holds "
+                          f"a discrete {tok.registry_name!r}")
     if not (continuous or isinstance(tok, (VQTokenizer, MultiScaleVQVAE))):
         raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ, multi-scale VQ or continuous "
                           "(KL VAE, diffusers AutoencoderKL) tokenizer")
@@ -183,6 +194,8 @@ def train_generator(
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
             "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
+    if continuous:
+        meta["latents"] = latents
     prior = prior_train_time(out, settings.resume)
     start = load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta) if settings.resume else 0
     ema.updates = start
@@ -198,10 +211,10 @@ def train_generator(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
         with torch.no_grad():
-            if continuous and family == "flowar":  # FlowAR: scaled latents, split per scale inside
-                codes = tok.encode(images.to(acc.device), sample=True)
-            elif continuous:  # MAR trains on posterior samples, as the official
-                codes = acc.unwrap_model(model).patchify(tok.encode(images.to(acc.device), sample=True))
+            if continuous:  # FlowAR: scaled latents, split per scale inside; MAR: patchified tokens
+                codes = tok.encode(images.to(acc.device), sample=latents == "sample")
+                if family != "flowar":
+                    codes = acc.unwrap_model(model).patchify(codes)
             else:
                 codes = tok.encode(images.to(acc.device))
                 codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
