@@ -167,6 +167,48 @@ def test_mask_ratio_dist_option():
     assert floored.min() >= 0.5 and (floored < 0.75).float().mean() > 0.3
 
 
+def test_distance_attention_bias():
+    """attn_bias='distance': ALiBi slopes times the 2D grid distance between image tokens, no bias for
+    the buffer; the encoder's bias follows each row's own known positions (rows mask different tokens)."""
+    from argen.generators.mar import alibi_slopes, distance_bias
+
+    with pytest.raises(ConfigError, match="unknown attn_bias 'rope'; known: none, distance"):
+        MARConfig(**fixture_config("mar_tiny"), attn_bias="rope")
+    torch.testing.assert_close(alibi_slopes(4), torch.tensor([0.25, 0.0625, 0.015625, 0.00390625]))
+    bias = distance_bias(torch.tensor([[-1, 0, 5, 3]]), grid=4, heads=4)  # buffer, (0,0), (1,1), (0,3)
+    assert bias.shape == (1, 4, 4, 4)
+    torch.testing.assert_close(bias[0, 0, 1, 2], torch.tensor(-0.25 * math.sqrt(2)))
+    torch.testing.assert_close(bias[0, 1, 1, 3], torch.tensor(-0.0625 * 3))
+    assert torch.equal(bias, bias.transpose(-1, -2)) and bias[0, :, 0].abs().max() == 0 and bias[0, :, :, 0].abs().max() == 0
+
+    torch.manual_seed(0)
+    cfg = fixture_config("mar_tiny")
+    model = MAR(MARConfig(**cfg, attn_bias="distance")).eval()
+    model.init_weights()
+    plain = MAR(MARConfig(**cfg)).eval()
+    plain.load_state_dict(model.state_dict())  # no new parameters: the same checkpoint either way
+    n, dim = model.seq_len, model.token_dim
+    tokens = torch.randn(3, n, dim)
+    mask = torch.ones(3, n)
+    for row, known in enumerate(([0, 1], [2, 15], [5, 10])):
+        mask[row, known] = 0
+    emb = model.class_emb(torch.tensor([1, 2, 3]))
+    with torch.no_grad():
+        z = model.conditions(tokens, mask, emb)
+        for row in range(3):  # batched rows with different known positions = each row alone
+            torch.testing.assert_close(z[row:row + 1], model.conditions(tokens[row:row + 1], mask[row:row + 1], emb[row:row + 1]))
+        assert (z - plain.conditions(tokens, mask, emb)).abs().max() > 1e-3
+        # without position embeddings only the bias tells masked slots apart
+        for m in (model, plain):
+            for p in (m.encoder_pos_embed_learned, m.decoder_pos_embed_learned, m.diffusion_pos_embed_learned):
+                p.zero_()
+        masked = mask[0].bool()
+        z_plain = plain.conditions(tokens[:1], mask[:1], emb[:1])[0, masked]
+        z_dist = model.conditions(tokens[:1], mask[:1], emb[:1])[0, masked]
+    torch.testing.assert_close(z_plain, z_plain[:1].expand_as(z_plain))
+    assert (z_dist - z_dist[:1]).abs().amax(-1)[1:].min() > 1e-4
+
+
 def test_mask_schedule():
     lens = mask_lengths(256, 64)
     assert len(lens) == 64 and lens[-1] == 1 and all(a > b for a, b in zip(lens, lens[1:-1]))

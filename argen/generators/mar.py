@@ -42,6 +42,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 POS_EMBED_INITS = ("normal", "sincos")
 MASK_RATIO_DISTS = ("truncnorm", "cosine")
+ATTN_BIASES = ("none", "distance")
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes 2^(-8 h / H), h = 1..H: from strongly local heads to nearly global ones."""
+    return torch.pow(2.0, -8.0 * torch.arange(1, heads + 1, dtype=torch.float32) / heads)
+
+
+def distance_bias(positions: torch.Tensor, grid: int, heads: int) -> torch.Tensor:
+    """Additive attention bias (B, heads, T, T) = -slope_h * the Euclidean grid distance between the
+    tokens at ``positions`` (B, T) (raster indices on a grid x grid image); -1 marks a buffer token,
+    which attends and is attended without bias."""
+    yx = torch.stack([torch.div(positions, grid, rounding_mode="floor"), positions % grid], dim=-1).float()
+    dist = torch.cdist(yx, yx)
+    buffer = positions < 0
+    dist = dist.masked_fill(buffer[:, :, None] | buffer[:, None, :], 0.0)
+    return -alibi_slopes(heads).to(dist.device)[None, :, None, None] * dist[:, None]
 
 
 @dataclass
@@ -79,6 +96,10 @@ class MARConfig:
     # only ever sees few known tokens; 'cosine' draws r = cos(pi/2 u), u ~ U(0, 1) on [mask_ratio_min, 1],
     # the law of the sampler's own cosine schedule, so the late iterations (most tokens known) are trained
     mask_ratio_dist: str = "truncnorm"
+    # not official: 'distance' adds ALiBi's linear distance penalty (2D grid distance, per-head slopes) to
+    # every attention score between image tokens; no parameters. A transformer from scratch learns locality
+    # slowly: a small MAR on shapes predicted a token no better from 60 known neighbours than from 4
+    attn_bias: str = "none"
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
@@ -94,6 +115,8 @@ class MARConfig:
             raise ConfigError(f"unknown pos_embed_init {self.pos_embed_init!r}; known: {', '.join(POS_EMBED_INITS)}")
         if self.mask_ratio_dist not in MASK_RATIO_DISTS:
             raise ConfigError(f"unknown mask_ratio_dist {self.mask_ratio_dist!r}; known: {', '.join(MASK_RATIO_DISTS)}")
+        if self.attn_bias not in ATTN_BIASES:
+            raise ConfigError(f"unknown attn_bias {self.attn_bias!r}; known: {', '.join(ATTN_BIASES)}")
         if not 0.0 <= self.mask_ratio_min <= 1.0:
             raise ConfigError(f"mask_ratio_min must be in [0, 1], got {self.mask_ratio_min}")
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
@@ -232,6 +255,22 @@ class MAR(Pretrained):
     def _with_buffer(self, mask: torch.Tensor) -> torch.Tensor:
         return torch.cat([mask.new_zeros(mask.shape[0], self.config.buffer_size), mask], dim=1).bool()
 
+    def _positions(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B, buffer + L) raster index of every sequence slot, -1 for the buffer."""
+        buf, n = self.config.buffer_size, self.seq_len
+        pos = torch.cat([torch.full((buf,), -1, device=device), torch.arange(n, device=device)])
+        return pos.expand(batch_size, -1)
+
+    def _attention_bias(self, batch_size: int, device: torch.device, heads: int,
+                        keep: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The ``attn_bias`` for the sequence slots (only those where ``keep``, the encoder's), or None."""
+        if self.config.attn_bias == "none":
+            return None
+        pos = self._positions(batch_size, device)
+        if keep is not None:
+            pos = pos[keep].reshape(batch_size, -1)
+        return distance_bias(pos, self.config.grid, heads)
+
     def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         """Known tokens (mask 0) plus the buffer, all buffer positions set to the class embedding ->
         encoder outputs (B, buffer + #known, D)."""
@@ -240,9 +279,11 @@ class MAR(Pretrained):
         buf = self.config.buffer_size
         x = torch.cat([class_embedding[:, None].expand(b, buf, d).to(x.dtype), x], dim=1)
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
-        x = _mask_rows(x, ~self._with_buffer(mask))
+        keep = ~self._with_buffer(mask)
+        x = _mask_rows(x, keep)
+        bias = self._attention_bias(b, x.device, self.config.encoder_num_heads, keep)
         for blk in self.encoder_blocks:
-            x = blk(x)
+            x = blk(x, bias)
         return self.encoder_norm(x)
 
     def forward_mae_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -252,8 +293,9 @@ class MAR(Pretrained):
         full = self.mask_token.to(x.dtype).expand(masked.shape[0], masked.shape[1], -1).clone()
         full[~masked] = x.reshape(-1, x.shape[-1])
         x = full + self.decoder_pos_embed_learned
+        bias = self._attention_bias(1, x.device, self.config.decoder_num_heads)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = blk(x, bias)
         x = self.decoder_norm(x)[:, self.config.buffer_size :]
         return x + self.diffusion_pos_embed_learned
 

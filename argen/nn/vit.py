@@ -19,10 +19,12 @@ class ViTAttention(nn.Module):
         self.proj = Linear(dim, dim)
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: an additive attention bias broadcastable to (B, heads, N, N), or None."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        out = attention(q, k, v, mask=None if bias is None else bias.to(q.dtype),
+                        dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
@@ -47,6 +49,6 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = ViTMlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
