@@ -209,6 +209,74 @@ def test_distance_attention_bias():
     assert (z_dist - z_dist[:1]).abs().amax(-1)[1:].min() > 1e-4
 
 
+def test_rope_2d_option():
+    """rope='2d': scores depend on the grid offset between tokens (a head can single out the token above),
+    the buffer is not rotated, batched rows with different known positions equal each row alone, and
+    the checkpoint is the same (no parameters)."""
+    from argen.generators.mar import rope_2d_rows
+
+    with pytest.raises(ConfigError, match="unknown rope 'alibi'; known: none, 2d"):
+        MARConfig(**fixture_config("mar_tiny"), rope="alibi")
+    rows = rope_2d_rows(torch.tensor([[-1, 0, 5]]), grid=4, head_dim=8)
+    assert rows.shape == (1, 3, 4, 2)
+    torch.testing.assert_close(rows[0, 0], torch.tensor([[1.0, 0.0]] * 4))  # buffer: identity
+    torch.testing.assert_close(rows[0, 1], torch.tensor([[1.0, 0.0]] * 4))  # (0, 0): angle 0
+    # (1, 1): row pairs then column pairs, frequencies 1 and 1/100 for head_dim 8
+    angles = torch.tensor([1.0, 0.01, 1.0, 0.01])
+    torch.testing.assert_close(rows[0, 2], torch.stack([angles.cos(), angles.sin()], -1))
+    # relative: q.k between rotated vectors depends only on the offset
+    from argen.nn.rope import apply_rope
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    table = rope_2d_rows(torch.arange(16)[None], grid=4, head_dim=8)
+    score = lambda a, b: (apply_rope(q, table[:, a:a + 1]) * apply_rope(k, table[:, b:b + 1])).sum()
+    torch.testing.assert_close(score(5, 1), score(10, 6))  # both: key one row above the query
+    assert (score(5, 1) - score(5, 4)).abs() > 1e-4  # above vs left differ
+
+    torch.manual_seed(0)
+    cfg = fixture_config("mar_tiny")
+    model = MAR(MARConfig(**cfg, rope="2d")).eval()
+    model.init_weights()
+    plain = MAR(MARConfig(**cfg)).eval()
+    plain.load_state_dict(model.state_dict())
+    tokens = torch.randn(2, model.seq_len, model.token_dim)
+    mask = torch.ones(2, model.seq_len)
+    mask[0, [0, 1]] = 0
+    mask[1, [2, 15]] = 0
+    emb = model.class_emb(torch.tensor([1, 2]))
+    with torch.no_grad():
+        z = model.conditions(tokens, mask, emb)
+        for row in range(2):
+            torch.testing.assert_close(z[row:row + 1], model.conditions(tokens[row:row + 1], mask[row:row + 1], emb[row:row + 1]))
+        assert (z - plain.conditions(tokens, mask, emb)).abs().max() > 1e-3
+
+
+def test_x0_loss_option():
+    """x0_loss_weight > 0 adds a linear read-out of z trained by MSE on the masked tokens only; 0 (official)
+    has no extra parameter, so official checkpoints still load strictly."""
+    with pytest.raises(ConfigError, match="x0_loss_weight must be >= 0"):
+        MARConfig(**fixture_config("mar_tiny"), x0_loss_weight=-1.0)
+    cfg = fixture_config("mar_tiny")
+    assert not any(k.startswith("x0_head") for k in MAR(MARConfig(**cfg)).state_dict())
+    torch.manual_seed(0)
+    cfg.update(mask_ratio_dist="cosine", mask_ratio_min=0.0)  # a partial mask: known tokens get no read-out loss
+    model = MAR(MARConfig(**cfg, x0_loss_weight=2.0)).eval()  # eval: no label or weight dropout to replay
+    model.init_weights()
+    plain = MAR(MARConfig(**cfg)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("x0_head")})
+    tokens = torch.randn(4, model.seq_len, model.token_dim)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = model(tokens, labels, generator=torch.Generator().manual_seed(3))
+    base = plain(tokens, labels, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # replay the same mask to compute the read-out term by hand
+    mask = model.random_mask(model.random_orders(4, g), g)
+    assert 0 < mask.sum() < mask.numel()
+    with torch.no_grad():
+        err = ((model.x0_head(model.conditions(tokens, mask, model.class_emb(labels))) - tokens) ** 2).mean(-1)
+        expected = base + 2.0 * (err * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert model.x0_head.weight.grad.abs().sum() > 0
+
 def test_mask_schedule():
     lens = mask_lengths(256, 64)
     assert len(lens) == 64 and lens[-1] == 1 and all(a > b for a, b in zip(lens, lens[1:-1]))

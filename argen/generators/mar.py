@@ -27,6 +27,7 @@ from argen.modeling import Pretrained, build_config, register
 from argen.nn.diffusion import check_noise_schedule
 from argen.nn.linear import Linear
 from argen.nn.position import sincos_2d
+from argen.nn.rope import rope_2d_table
 from argen.nn.vit import ViTBlock
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -43,6 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 POS_EMBED_INITS = ("normal", "sincos")
 MASK_RATIO_DISTS = ("truncnorm", "cosine")
 ATTN_BIASES = ("none", "distance")
+ROPES = ("none", "2d")
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -59,6 +61,16 @@ def distance_bias(positions: torch.Tensor, grid: int, heads: int) -> torch.Tenso
     buffer = positions < 0
     dist = dist.masked_fill(buffer[:, :, None] | buffer[:, None, :], 0.0)
     return -alibi_slopes(heads).to(dist.device)[None, :, None, None] * dist[:, None]
+
+
+def rope_2d_rows(positions: torch.Tensor, grid: int, head_dim: int) -> torch.Tensor:
+    """Rotary tables (B, T, head_dim/2, 2) for the tokens at ``positions`` (B, T) on a grid x grid
+    image (LlamaGen's 2D split: half the pairs rotate with the row, half with the column); a buffer
+    token (-1) gets the identity rotation, so its scores stay position-free."""
+    table = rope_2d_table(grid, head_dim, n_prefix=0).to(positions.device)
+    identity = torch.zeros_like(table[:1])
+    identity[..., 0] = 1.0
+    return torch.cat([identity, table])[positions + 1]
 
 
 @dataclass
@@ -100,6 +112,14 @@ class MARConfig:
     # every attention score between image tokens; no parameters. A transformer from scratch learns locality
     # slowly: a small MAR on shapes predicted a token no better from 60 known neighbours than from 4
     attn_bias: str = "none"
+    # not official: '2d' rotates q and k by the token's grid row and column (2D RoPE) in every block, so a
+    # head can attend to a given neighbour (the one above, the one to the left); the distance bias alone
+    # pools neighbours without their direction. No parameters; the buffer is not rotated
+    rope: str = "none"
+    # not official: weight of an auxiliary MSE loss on a linear read-out of each masked token's condition
+    # z (the token's conditional mean). The diffusion loss reaches the transformer weakly (eps barely
+    # depends on z at high noise), so a small model from scratch learns its context slowly; 0 is official
+    x0_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
@@ -113,10 +133,17 @@ class MARConfig:
         check_noise_schedule(self.noise_schedule)
         if self.pos_embed_init not in POS_EMBED_INITS:
             raise ConfigError(f"unknown pos_embed_init {self.pos_embed_init!r}; known: {', '.join(POS_EMBED_INITS)}")
+        if self.rope not in ROPES:
+            raise ConfigError(f"unknown rope {self.rope!r}; known: {', '.join(ROPES)}")
+        if self.rope == "2d" and (self.encoder_embed_dim // self.encoder_num_heads % 4
+                                  or self.decoder_embed_dim // self.decoder_num_heads % 4):
+            raise ConfigError("rope='2d' needs head dimensions that are multiples of 4")
         if self.mask_ratio_dist not in MASK_RATIO_DISTS:
             raise ConfigError(f"unknown mask_ratio_dist {self.mask_ratio_dist!r}; known: {', '.join(MASK_RATIO_DISTS)}")
         if self.attn_bias not in ATTN_BIASES:
             raise ConfigError(f"unknown attn_bias {self.attn_bias!r}; known: {', '.join(ATTN_BIASES)}")
+        if self.x0_loss_weight < 0:
+            raise ConfigError(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
         if not 0.0 <= self.mask_ratio_min <= 1.0:
             raise ConfigError(f"mask_ratio_min must be in [0, 1], got {self.mask_ratio_min}")
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
@@ -174,6 +201,8 @@ class MAR(Pretrained):
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, n, dec))
         self.diffloss = DiffusionHead(c.token_embed_dim, dec, c.diffloss_w, c.diffloss_d, int(c.num_sampling_steps),
                                      noise_schedule=c.noise_schedule)
+        # training only (x0_loss_weight > 0); sampling never reads it
+        self.x0_head = Linear(dec, c.token_embed_dim) if c.x0_loss_weight > 0 else None
 
     def init_weights(self) -> None:
         """The official initialisation (N(0, 0.02) embeddings and tokens, xavier linears); with
@@ -261,15 +290,18 @@ class MAR(Pretrained):
         pos = torch.cat([torch.full((buf,), -1, device=device), torch.arange(n, device=device)])
         return pos.expand(batch_size, -1)
 
-    def _attention_bias(self, batch_size: int, device: torch.device, heads: int,
-                        keep: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The ``attn_bias`` for the sequence slots (only those where ``keep``, the encoder's), or None."""
-        if self.config.attn_bias == "none":
-            return None
+    def _position_terms(self, batch_size: int, device: torch.device, heads: int, dim: int,
+                        keep: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The ``attn_bias`` and ``rope`` terms for the sequence slots (only those where ``keep``, the
+        encoder's), each None when off."""
+        if self.config.attn_bias == "none" and self.config.rope == "none":
+            return None, None
         pos = self._positions(batch_size, device)
         if keep is not None:
             pos = pos[keep].reshape(batch_size, -1)
-        return distance_bias(pos, self.config.grid, heads)
+        bias = distance_bias(pos, self.config.grid, heads) if self.config.attn_bias == "distance" else None
+        rope = rope_2d_rows(pos, self.config.grid, dim // heads) if self.config.rope == "2d" else None
+        return bias, rope
 
     def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         """Known tokens (mask 0) plus the buffer, all buffer positions set to the class embedding ->
@@ -281,9 +313,9 @@ class MAR(Pretrained):
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
         keep = ~self._with_buffer(mask)
         x = _mask_rows(x, keep)
-        bias = self._attention_bias(b, x.device, self.config.encoder_num_heads, keep)
+        bias, rope = self._position_terms(b, x.device, self.config.encoder_num_heads, d, keep)
         for blk in self.encoder_blocks:
-            x = blk(x, bias)
+            x = blk(x, bias, rope)
         return self.encoder_norm(x)
 
     def forward_mae_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -293,9 +325,9 @@ class MAR(Pretrained):
         full = self.mask_token.to(x.dtype).expand(masked.shape[0], masked.shape[1], -1).clone()
         full[~masked] = x.reshape(-1, x.shape[-1])
         x = full + self.decoder_pos_embed_learned
-        bias = self._attention_bias(1, x.device, self.config.decoder_num_heads)
+        bias, rope = self._position_terms(1, x.device, self.config.decoder_num_heads, x.shape[-1])
         for blk in self.decoder_blocks:
-            x = blk(x, bias)
+            x = blk(x, bias, rope)
         x = self.decoder_norm(x)[:, self.config.buffer_size :]
         return x + self.diffusion_pos_embed_learned
 
@@ -333,7 +365,8 @@ class MAR(Pretrained):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss for tokens (B, L, C) of classes ``labels``: mask a random subset, predict
-        conditions, diffusion loss on the masked tokens (each repeated ``diffusion_batch_mul`` times)."""
+        conditions, diffusion loss on the masked tokens (each repeated ``diffusion_batch_mul`` times), plus
+        the ``x0_loss_weight`` read-out loss."""
         b = tokens.shape[0]
         emb = self.class_emb(labels)
         if self.training and self.config.label_drop_prob > 0:
@@ -343,5 +376,9 @@ class MAR(Pretrained):
         z = self.conditions(tokens, mask, emb)
         mul = self.config.diffusion_batch_mul
         target = tokens.reshape(b * self.seq_len, -1).repeat(mul, 1)
-        return self.diffloss.loss(target, z.reshape(b * self.seq_len, -1).repeat(mul, 1), mask.reshape(-1).repeat(mul),
+        loss = self.diffloss.loss(target, z.reshape(b * self.seq_len, -1).repeat(mul, 1), mask.reshape(-1).repeat(mul),
                                   generator=generator)
+        if self.x0_head is None:
+            return loss
+        err = (self.x0_head(z) - tokens).pow(2).mean(-1)
+        return loss + self.config.x0_loss_weight * (err * mask).sum() / mask.sum().clamp(min=1)

@@ -9,6 +9,7 @@ from torch import nn
 
 from argen.nn.attention import attention
 from argen.nn.linear import Linear
+from argen.nn.rope import apply_rope
 
 
 class ViTAttention(nn.Module):
@@ -19,10 +20,14 @@ class ViTAttention(nn.Module):
         self.proj = Linear(dim, dim)
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``bias``: an additive attention bias broadcastable to (B, heads, N, N), or None."""
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: an additive attention bias broadcastable to (B, heads, N, N), or None; ``rope``: a
+        rotary table (B or 1, N, head_dim/2, 2) applied to q and k, or None."""
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).unbind(2)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         out = attention(q, k, v, mask=None if bias is None else bias.to(q.dtype),
                         dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
@@ -49,6 +54,6 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = ViTMlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), bias)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bias, rope)
         return x + self.mlp(self.norm2(x))
