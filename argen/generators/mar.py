@@ -135,9 +135,10 @@ class MARConfig:
             raise ConfigError(f"unknown pos_embed_init {self.pos_embed_init!r}; known: {', '.join(POS_EMBED_INITS)}")
         if self.rope not in ROPES:
             raise ConfigError(f"unknown rope {self.rope!r}; known: {', '.join(ROPES)}")
-        if self.rope == "2d" and (self.encoder_embed_dim // self.encoder_num_heads % 4
-                                  or self.decoder_embed_dim // self.decoder_num_heads % 4):
-            raise ConfigError("rope='2d' needs head dimensions that are multiples of 4")
+        heads = (self.encoder_embed_dim // self.encoder_num_heads, self.decoder_embed_dim // self.decoder_num_heads)
+        if self.rope == "2d" and any(h % 4 for h in heads):
+            raise ConfigError(f"rope='2d' needs head dimensions that are multiples of 4 (row and column pairs), "
+                              f"got encoder {heads[0]}, decoder {heads[1]}")
         if self.mask_ratio_dist not in MASK_RATIO_DISTS:
             raise ConfigError(f"unknown mask_ratio_dist {self.mask_ratio_dist!r}; known: {', '.join(MASK_RATIO_DISTS)}")
         if self.attn_bias not in ATTN_BIASES:
