@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 from argen.errors import ArgenError, ConfigError
 from argen.nn.diffusion import NOISE_SCHEDULES
+from argen.samplers.mar import ORDERS as MAR_ORDERS
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i.py labels
@@ -83,6 +84,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init=args.init,
             num_iter=args.num_iter,
             diffusion_steps=args.diffusion_steps,
+            order=args.order,
             num_steps=args.num_steps,
             guidance_high=args.guidance_high,
         ).items()
@@ -345,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
     g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
     g.add_argument("--diffusion-steps", type=int, help="MAR: diffusion-head reverse steps per token")
+    g.add_argument("--order", choices=MAR_ORDERS, help="MAR: token generation order (official: random)")
     g.add_argument("--num-steps", type=int, help="FlowAR: flow steps per scale (official count: 25 = 24 Euler steps)")
     g.add_argument("--guidance-high", type=float, help="FlowAR: guide only at flow times <= this (official --guidance)")
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen, MAR: 1 = off; VAR: 0 = off)")

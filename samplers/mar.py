@@ -35,8 +35,25 @@ def mask_lengths(seq_len: int, num_iter: int) -> list[int]:
     return out
 
 
-def _check(opts: SamplingOptions, num_iter: int, seq_len: int) -> None:
+ORDERS = ("random", "raster")
+
+
+def generation_orders(model, batch_size: int, order: str, rng: torch.Generator | None) -> torch.Tensor:
+    """(B, L) token positions, the one generated LAST first (the official layout: the first
+    ``mask_len`` entries stay masked). 'random': a random permutation per image (official);
+    'raster': row by row from the top left, so that every new token has its left and upper neighbours
+    known (a small MAR's completions of local context are much better than its first guesses from a few
+    scattered tokens: on shapes 35% judged class accuracy instead of 20%, see issue 6)."""
+    if order == "random":
+        return model.random_orders(batch_size, rng)
+    dev = model.fake_latent.device
+    return torch.arange(model.seq_len - 1, -1, -1, device=dev).expand(batch_size, -1)
+
+
+def _check(opts: SamplingOptions, num_iter: int, seq_len: int, order: str) -> None:
     opts.check_continuous("MAR", ("linear", "constant"))
+    if order not in ORDERS:
+        raise ConfigError(f"unknown MAR generation order {order!r}; known: {', '.join(ORDERS)}")
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or not 1 <= num_iter <= seq_len:
         raise ConfigError(f"num_iter must be an integer in [1, {seq_len}] (the token count), got {num_iter!r}")
 
@@ -49,18 +66,20 @@ def sample_mar(
     *,
     num_iter: int | None = None,
     diffusion_steps: int | None = None,
+    order: str = "random",
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 1,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample all tokens (B, L, C) float for class ids ``cond``. ``num_iter``: transformer passes
     (default 64 as the official script; its reported FIDs use 256). ``diffusion_steps``: the head's
-    reverse steps per token (default: the model's ``num_sampling_steps``). ``callback(step, tokens)``
+    reverse steps per token (default: the model's ``num_sampling_steps``). ``order``: 'random' (official)
+    or 'raster' (see :func:`generation_orders`). ``callback(step, tokens)``
     every ``callback_every`` steps with the tokens so far (unknown ones are 0)."""
     start = time.perf_counter()
     b, n, dim = cond.shape[0], model.seq_len, model.token_dim
     num_iter = min(64, n) if num_iter is None else num_iter
-    _check(opts, num_iter, n)
+    _check(opts, num_iter, n, order)
     steps = diffusion_steps if diffusion_steps is not None else int(model.config.num_sampling_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"diffusion_steps must be a positive integer, got {steps!r}")
@@ -72,7 +91,7 @@ def sample_mar(
         emb = torch.cat([emb, model.class_embedding(None, b)])
     tokens = torch.zeros(b, n, dim, device=dev, dtype=dtype)
     mask = torch.ones(b, n, dtype=torch.bool, device=dev)
-    orders = model.random_orders(b, rng)
+    orders = generation_orders(model, b, order, rng)
     stats = SamplerStats("ar", b, n, guided_rows=emb.shape[0])
     for step, left in enumerate(tqdm(mask_lengths(n, num_iter), disable=not progress, desc="mar", leave=False)):
         inp, m = (torch.cat([tokens, tokens]), torch.cat([mask, mask])) if guided else (tokens, mask)

@@ -277,6 +277,25 @@ def test_x0_loss_option():
     loss.backward()
     assert model.x0_head.weight.grad.abs().sum() > 0
 
+def test_patch_size_2_tokens_hold_a_2x2_latent_block_channels_outermost():
+    """Fewer, larger tokens (the bundled shapes-mar): token (i, j) is the latent block rows 2i..2i+1,
+    columns 2j..2j+1, laid out (c, p, q) as the official patchify; the 2D position terms follow the
+    4x4 token grid, and sampling fills every token."""
+    cfg = dict(fixture_config("mar_tiny"), vae_stride=8, patch_size=2, attn_bias="distance", rope="2d")
+    model = MAR(MARConfig(**cfg)).eval()
+    assert model.seq_len == 16 and model.config.grid == 4
+    latents = torch.randn(2, 4, 8, 8)
+    tokens = model.patchify(latents)
+    assert tokens.shape == (2, 16, 16)
+    i, j = 2, 1
+    torch.testing.assert_close(tokens[:, i * 4 + j], latents[:, :, 2 * i: 2 * i + 2, 2 * j: 2 * j + 2].reshape(2, 16))
+    torch.testing.assert_close(model.unpatchify(tokens), latents, atol=0, rtol=0)
+    out, stats = S.sample(model, [1, 2], seed=0, num_iter=4, diffusion_steps=3)
+    assert out.shape == (2, 16, 16) and torch.isfinite(out).all() and sum(stats.accepted_history) == 16
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        MARConfig(**dict(cfg, patch_size=3))
+
+
 def test_mask_schedule():
     lens = mask_lengths(256, 64)
     assert len(lens) == 64 and lens[-1] == 1 and all(a > b for a, b in zip(lens, lens[1:-1]))
@@ -299,6 +318,22 @@ def test_sampler_guidance_changes_tokens_and_temperature_zero_is_deterministic_g
     assert not torch.allclose(a, b)
     c, _ = S.sample(mar_tiny, [3], seed=0, cfg_scale=4.0, num_iter=2, diffusion_steps=3, cfg_schedule="constant")
     assert not torch.allclose(b, c)
+
+
+def test_raster_order_fills_a_growing_raster_prefix(mar_tiny):
+    seen = []
+    out, _ = S.sample(mar_tiny, [1, 2], seed=0, num_iter=5, diffusion_steps=2, order="raster",
+                      callback=lambda step, tokens: seen.append((tokens != 0).all(-1).clone()))
+    known = [int(k[0].sum()) for k in seen]
+    assert known == [16 - left for left in mask_lengths(16, 5)[:-1]] + [16]
+    for k in seen:  # the known tokens are the first ones in raster order, in every image
+        count = int(k[0].sum())
+        assert k[:, :count].all() and not k[:, count:].any()
+    again, _ = S.sample(mar_tiny, [1, 2], seed=0, num_iter=5, diffusion_steps=2, order="raster")
+    rand, _ = S.sample(mar_tiny, [1, 2], seed=0, num_iter=5, diffusion_steps=2)
+    assert torch.equal(out, again) and not torch.equal(out, rand)
+    with pytest.raises(ConfigError, match="unknown MAR generation order 'spiral'; known: random, raster"):
+        S.sample(mar_tiny, [1], order="spiral")
 
 
 def test_sampler_bad_options(mar_tiny):
