@@ -260,6 +260,7 @@ BUNDLED: dict[str, BundledEntry] = {
         _shapes("llamagen", "LlamaGen-style GPT + VQ", default=True),
         _shapes("var", "VAR-style next-scale transformer + multi-scale VQ-VAE"),
         _shapes("flowar", "FlowAR-style scale-wise flow-matching transformer + KL VAE"),
+        _shapes("mar", "MAR-style masked transformer with a diffusion head + KL VAE"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"
