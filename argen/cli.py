@@ -309,7 +309,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
         defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
                           class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults,
-                          family=family, latents=args.latents)
+                          family=family, latents=args.latents, init_from=args.init_from)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MAR: the diffusion head's betas (default: the preset's, linear; the released MARs use cosine)")
     tg.add_argument("--latents", choices=["sample", "mean"], default="sample",
                     help="MAR/FlowAR: train on posterior samples (official) or the posterior mean (noise-free)")
+    tg.add_argument("--init-from", metavar="DIR",
+                    help="start from the generator weights of a pretrained folder (same architecture and tokenizer): "
+                         "fine-tune it, or train a finished model longer; --resume's checkpoint takes precedence")
     tg.add_argument("--config", nargs="+", metavar="KEY=VALUE",
                     help="any other argument of the family's model config, e.g. mask_ratio_min=0.5 (MAR); "
                          "an unknown name lists the known ones")

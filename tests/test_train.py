@@ -85,7 +85,7 @@ def test_resume_continues_step_count_and_optimizer_state(trained, tmp_path):
     out = tmp_path / "gen"
     train_generator(_settings(out, steps=2), str(tok), generator_config("tiny"))
     first = load_file(str(out / "checkpoint" / "generator.safetensors"))
-    first_time = json.loads((out / "train.json").read_text())["train_time_s"]
+    first_time = json.loads((out / "checkpoint" / "state.json").read_text())["train_time_s"]  # what resume adds to
     train_generator(_settings(out, steps=4, resume=True), str(tok), generator_config("tiny"))
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4
@@ -96,6 +96,38 @@ def test_resume_continues_step_count_and_optimizer_state(trained, tmp_path):
     assert not torch.equal(first["output.weight"], second["output.weight"])
     with pytest.raises(CheckpointError, match="another configuration.*config"):
         train_generator(_settings(out, steps=6, resume=True), str(tok), generator_config("tiny", dim=32))
+
+
+def test_init_from_continues_a_finished_model(trained, tmp_path):
+    """--init-from: the run starts at the given weights (zero steps of a 1-step run at lr ~0 keep
+    them); dropout may differ, the architecture may not; the CLI takes a pipeline folder."""
+    tok, gen = trained
+    start = argen.load(gen).generator.state_dict()
+    out = train_generator(_settings(tmp_path / "ft", steps=1, lr=1e-12, warmup_steps=1), str(tok),
+                          generator_config("tiny"), dropout=0.3, init_from=str(gen))
+    tuned = argen.load(out).generator.state_dict()
+    assert all(torch.allclose(tuned[k], start[k], atol=1e-6) for k in start)
+    fresh = train_generator(_settings(tmp_path / "new", steps=1, lr=1e-12, warmup_steps=1), str(tok), generator_config("tiny"))
+    assert not torch.allclose(argen.load(fresh).generator.state_dict()["output.weight"], start["output.weight"])
+    with pytest.raises(ConfigError, match=r"another architecture or tokenizer \(dim: saved 64 vs now 32"):
+        train_generator(_settings(tmp_path / "bad"), str(tok), generator_config("tiny", dim=32), init_from=str(gen))
+    with pytest.raises(CheckpointError, match="no generator there"):
+        train_generator(_settings(tmp_path / "bad2"), str(tok), generator_config("tiny"), init_from=str(tmp_path))
+    with pytest.raises(ConfigError, match="holds a 'llamagen-vq', this run trains a 'llamagen'"):
+        train_generator(_settings(tmp_path / "bad3"), str(tok), generator_config("tiny"), init_from=str(tok))
+    r = subprocess.run([sys.executable, "-m", "argen", "train", "generator", "--tokenizer", str(tok), "--init-from", str(gen),
+                        "--out", str(tmp_path / "cli"), "--resolution", "16", "--steps", "1", "--batch-size", "2",
+                        "--warmup-steps", "1", "--seed", "3", "--quiet"], capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_seed_picks_the_shapes_stream():
+    from argen.train.data import make_dataset
+
+    a, b = make_dataset("shapes", 16)[0], make_dataset("shapes", 16, seed=1)[0]
+    assert torch.equal(a[5][0], make_dataset("shapes", 16)[0][5][0])
+    assert not torch.equal(a[5][0], b[5][0]) and a[5][1] == b[5][1]  # same balanced labels, new images
 
 
 def test_bad_training_input(trained, tmp_path):

@@ -7,10 +7,11 @@ from argen.data import ImageFolderDataset, ShapesDataset
 from argen.errors import ConfigError
 
 
-def make_dataset(spec: str, resolution: int, *, split: str = "train", random_crop: bool = False):
-    """Returns (dataset, infinite, class_names)."""
+def make_dataset(spec: str, resolution: int, *, split: str = "train", random_crop: bool = False, seed: int = 0):
+    """Returns (dataset, infinite, class_names). ``seed`` picks the shapes stream (a run continued
+    with ``--init-from`` and another ``--seed`` sees new images, not the first run's again)."""
     if spec == "shapes":
-        ds = ShapesDataset(resolution=resolution, split=split)
+        ds = ShapesDataset(resolution=resolution, split=split, seed=seed)
         return ds, True, list(ds.class_names)
     if not Path(spec).exists():
         raise ConfigError(f"--data must be 'shapes' or an existing image folder, got {spec!r}")

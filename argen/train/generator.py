@@ -16,13 +16,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from argen.convert.checkpoint import load_into, read_state_dict
 from argen.errors import ConfigError
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
 from argen.generators.flowar import FlowAR, FlowARConfig
 from argen.generators.mar import MAR, MARConfig
 from argen.generators.var import VAR, VARConfig
 from argen.images import make_grid
-from argen.pipeline import ARPipeline
+from argen.modeling import CONFIG_NAME, WEIGHTS_NAME, config_to_dict, read_json
+from argen.pipeline import INDEX_NAME, ARPipeline
 from argen.tokenizers.loading import load_tokenizer
 from argen.tokenizers.msvq import MultiScaleVQVAE
 from argen.tokenizers.vq import VQTokenizer
@@ -129,12 +131,15 @@ def train_generator(
     dropout: float = 0.1,
     sample_defaults: dict[str, Any] | None = None,
     latents: str = "sample",
+    init_from: str | None = None,
 ) -> Path:
     """Train a generator on the codes of the (frozen) tokenizer in ``tokenizer_dir`` (an argen tokenizer
     folder; for MAR and FlowAR also a diffusers AutoencoderKL folder or hub id); write the pipeline
     folder to ``settings.out`` and return it. ``latents`` (continuous tokenizers): train on posterior
     ``"sample"``s (as the official MAR and FlowAR) or the posterior ``"mean"`` (noise-free targets and
-    context: a small model does not spend capacity on the VAE's posterior noise)."""
+    context: a small model does not spend capacity on the VAE's posterior noise). ``init_from``: start
+    from the generator weights of a pretrained folder (fine-tuning, or a longer schedule for a finished
+    model); ``settings.resume`` still wins, its checkpoint replaces them."""
     out = Path(settings.out)
     if latents not in LATENT_MODES:
         raise ConfigError(f"latents must be one of {', '.join(LATENT_MODES)}, got {latents!r}")
@@ -148,7 +153,7 @@ def train_generator(
                           "(KL VAE, diffusers AutoencoderKL) tokenizer")
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
-    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
+    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True, seed=settings.seed)
     h, w = tok.latent_grid(settings.resolution)
     if continuous and family == "flowar":
         cfg = FlowARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
@@ -190,6 +195,8 @@ def train_generator(
         )
         model = LlamaGen(cfg)
         model.init_weights()
+    if init_from:
+        init_weights_from(model, init_from)
     ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
@@ -256,6 +263,29 @@ def train_generator(
             "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
         }, indent=2))
     return out
+
+
+TRAINING_ONLY = ("dropout", "drop_rate", "drop_path", "label_drop", "cond_drop", "class_dropout")
+
+
+def init_weights_from(model: torch.nn.Module, directory: str | Path) -> None:
+    """Copy the generator weights of an argen pipeline or generator folder into ``model``. The saved
+    architecture must equal the model's, up to the dropout rates (training-only settings); a
+    difference is an error naming the fields, a wrong checkpoint one naming the keys."""
+    folder = Path(directory)
+    if (folder / INDEX_NAME).is_file():
+        folder = folder / read_json(folder / INDEX_NAME, "").get("generator", "generator")
+    saved = read_json(folder / CONFIG_NAME, f"--init-from {directory}: no generator there (no {CONFIG_NAME} in {folder})")
+    kind = saved.pop("_class", model.registry_name)
+    if kind != model.registry_name:
+        raise ConfigError(f"--init-from {directory} holds a {kind!r}, this run trains a {model.registry_name!r}")
+    now = config_to_dict(model.config)
+    diffs = [f"{k}: saved {saved.get(k)!r} vs now {v!r}" for k, v in now.items()
+             if not any(t in k for t in TRAINING_ONLY) and k in saved and saved[k] != v]
+    if diffs:
+        raise ConfigError(f"--init-from {directory}: another architecture or tokenizer ("
+                          + "; ".join(diffs) + "); pass matching --dim/--depth/--heads/--config")
+    load_into(model, read_state_dict(folder / WEIGHTS_NAME), source=str(folder))
 
 
 def _pipeline(model, ema: EMA, tok, settings: TrainSettings, defaults, class_names, name) -> ARPipeline:

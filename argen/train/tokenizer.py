@@ -175,7 +175,7 @@ def train_tokenizer(
     if hasattr(model, "quantize"):
         model.quantize.dead_code_threshold = dead_code_threshold
     acc = make_accelerator(settings)
-    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True)
+    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True, seed=settings.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     modules: dict[str, Any] = {"tokenizer": model}
     optims: dict[str, Any] = {"tokenizer": opt}
