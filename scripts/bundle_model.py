@@ -52,11 +52,39 @@ def code_stats(recon: dict) -> str:
             f"({recon['codes_per_flat_colour']:.0f} distinct codes): entropy the generator must model without image content.")
 
 
+def stage(info: dict, label: str) -> dict:
+    """One training run as the card's table shows it."""
+    return {"stage": label, "steps": info["steps"], "batch_size": info["settings"]["batch_size"],
+            "seed": info["settings"].get("seed", 0), "final_losses": info["final_losses"],
+            "train_time_s": info["train_time_s"], "ema_decay": info.get("ema_decay")}
+
+
+def stages(run: Path, part: str) -> list[dict]:
+    """The training stages behind a run folder: its own train.json, after the stages of the model it
+    started from (``--init-from``); a bundled folder keeps its stages in training.json."""
+    if (run / "train.json").is_file():
+        info = json.loads((run / "train.json").read_text())
+        before = stages(Path(info["init_from"]), part) if info.get("init_from") else []
+        return before + [stage(info, part if not before else f"{part}, continued (--init-from)")]
+    for folder in (run, run.parent):  # a bundled pipeline folder, or its tokenizer sub-folder
+        if (folder / "training.json").is_file():
+            return json.loads((folder / "training.json").read_text())[part]
+    raise SystemExit(f"{run}: no train.json or training.json to describe its training")
+
+
+def rows(parts: dict[str, list[dict]]) -> str:
+    return "\n".join(
+        f"| {s['stage']} | {s['steps']} | {s['batch_size']} | {s['seed']} | "
+        f"{', '.join(f'{k} {v:.4f}' for k, v in s['final_losses'].items())} | {s['train_time_s'] / 60:.1f} min |"
+        for part in parts.values() for s in part)
+
+
 def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh",
          defaults: dict | None = None, judge: str | None = None) -> None:
     """``defaults``: sampling defaults to ship instead of the training run's (chosen by measuring
     with benchmarks/shapes_quality.py); ``judge``: a shapes classifier folder (default: the committed one)."""
     tok_run, gen_run, dest = Path(tok_run), Path(gen_run), Path(dest)
+    training = {"tokenizer": stages(tok_run, "tokenizer"), "generator": stages(gen_run, "generator")}
     pipe = argen.load(gen_run)
     if defaults:
         pipe.defaults = {**pipe.defaults, **defaults}
@@ -75,8 +103,6 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
         [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest / "tokenizer"), "--reconstruct", "400",
          *(["--judge", judge] if judge else [])],
         check=True, capture_output=True, text=True).stdout)
-    tok_info = json.loads((tok_run / "train.json").read_text())
-    gen_info = json.loads((gen_run / "train.json").read_text())
     script_text = Path(script).read_text()
     default = dest.name == "shapes-llamagen"
     usage = ("argen generate                      # 10 classes, a grid PNG\n"
@@ -93,13 +119,12 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
 
 ## Training (on the 2-core CPU of argen's development machine)
 
-| | steps | batch | final losses | time |
-|---|---|---|---|---|
-| tokenizer | {tok_info["steps"]} | {tok_info["settings"]["batch_size"]} | {", ".join(f"{k} {v:.4f}" for k, v in tok_info["final_losses"].items())} | {tok_info["train_time_s"] / 60:.1f} min |
-| generator | {gen_info["steps"]} | {gen_info["settings"]["batch_size"]} | {", ".join(f"{k} {v:.4f}" for k, v in gen_info["final_losses"].items())} | {gen_info["train_time_s"] / 60:.1f} min |
+| | steps | batch | seed | final losses | time |
+|---|---|---|---|---|---|
+{rows(training)}
 
-Data: `ShapesDataset(64, "train")`, items 0 .. steps x batch (deterministic by index). The generator
-weights are the EMA (decay {gen_info["ema_decay"]}), stored in float16 (argen loads them as float32). The exact commands (`{script}`):
+Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index). The generator
+weights are the EMA (decay {training["generator"][-1]["ema_decay"]}), stored in float16 (argen loads them as float32). The exact commands (`{script}`):
 
 ```bash
 {script_text.split("set -euo pipefail", 1)[1].split('cd "$(dirname "$0")/.."', 1)[1].strip()}
@@ -128,6 +153,7 @@ reconstructions{code_stats(recon)}
 ![samples (4 per class, seed 0)](samples.png)
 """
     (dest / "README.md").write_text(card)
+    (dest / "training.json").write_text(json.dumps(training, indent=2))
     (dest / "quality.json").write_text(json.dumps({**quality, "tokenizer": recon}, indent=2))
     print(card)
 

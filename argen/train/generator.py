@@ -261,6 +261,7 @@ def train_generator(
             "kind": "generator", "steps": settings.steps, "final_losses": logs,
             "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
+            "init_from": str(init_from) if init_from else None,
         }, indent=2))
     return out
 
