@@ -1,6 +1,7 @@
 """The Gradio demo: the page builds; the event function streams previews, then the images and the
 statistics; errors are messages; the pipeline cache stays bounded; a launched app serves
 gradio_client requests (streamed, four at once through the queue) and a real headless browser."""
+import json
 import os
 import importlib.util
 import shutil
@@ -54,7 +55,8 @@ def test_build_demo_builds_without_launching():
     props = {c.get("props", {}).get("label"): c.get("props", {}) for c in demo.get_config_file()["components"]}
     assert [v for _, v in props["sampler"]["choices"]] == ["ar", "sjd"]
     assert [lbl for lbl, _ in props["classes"]["choices"]][:2] == ["circle", "square"]
-    assert props["cfg scale"]["value"] == 3.0  # the model card's default
+    card = json.loads((Path(__file__).parents[1] / "assets" / "shapes-llamagen" / "model_index.json").read_text())
+    assert props["cfg scale"]["value"] == card["defaults"]["cfg_scale"] != 1.0  # the model card's default
     assert any(d.get("api_name") == "generate" for d in demo.get_config_file()["dependencies"])
 
 
