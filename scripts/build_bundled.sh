@@ -2,8 +2,9 @@
 # Rebuilds the bundled default model assets/shapes-llamagen from scratch on the CPU (about 2 h on 2
 # quiet cores): a VQ tokenizer (512 codes, no dead-code restarts) and a LlamaGen-style GPT trained on the
 # shapes set at 64x64 (3000 steps, then resumed to 6000: the cosine schedule restarts over 6000 steps,
-# as it was run; then 5000 more steps from its weights on new images, --seed 1), then the model card with the final losses, timings, a sample grid and the class
-# accuracy of its samples. Run it alone: a second CPU-heavy job slows a 2-thread training several times.
+# as it was run; then 5000 more steps from its weights on new images, --seed 1), then the model card
+# with the final losses, timings, a sample grid and the class accuracy of its samples. Run it alone:
+# a second CPU-heavy job slows a 2-thread training several times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}

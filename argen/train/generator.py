@@ -266,12 +266,9 @@ def train_generator(
     return out
 
 
-TRAINING_ONLY = ("dropout", "drop_rate", "drop_path", "label_drop", "cond_drop", "class_dropout")
-
-
 def init_weights_from(model: torch.nn.Module, directory: str | Path) -> None:
     """Copy the generator weights of an argen pipeline or generator folder into ``model``. The saved
-    architecture must equal the model's, up to the dropout rates (training-only settings); a
+    architecture must equal the model's, up to the dropout rates (every config field named *drop*); a
     difference is an error naming the fields, a wrong checkpoint one naming the keys."""
     folder = Path(directory)
     if (folder / INDEX_NAME).is_file():
@@ -282,7 +279,7 @@ def init_weights_from(model: torch.nn.Module, directory: str | Path) -> None:
         raise ConfigError(f"--init-from {directory} holds a {kind!r}, this run trains a {model.registry_name!r}")
     now = config_to_dict(model.config)
     diffs = [f"{k}: saved {saved.get(k)!r} vs now {v!r}" for k, v in now.items()
-             if not any(t in k for t in TRAINING_ONLY) and k in saved and saved[k] != v]
+             if "drop" not in k and k in saved and saved[k] != v]
     if diffs:
         raise ConfigError(f"--init-from {directory}: another architecture or tokenizer ("
                           + "; ".join(diffs) + "); pass matching --dim/--depth/--heads/--config")
