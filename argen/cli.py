@@ -255,6 +255,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train.tokenizer import tokenizer_config
 
     common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups)
+    if args.encoder is not None and args.kind != "vq":
+        raise ConfigError(f"--encoder is for --kind vq; a {args.kind} tokenizer has the official conv encoder")
     if args.kind == "kl":
         if args.codebook_size is not None or args.codebook_dim is not None or args.patch_nums is not None:
             raise ConfigError("--codebook-size / --codebook-dim / --patch-nums are for VQ tokenizers; a KL VAE's "
@@ -270,7 +272,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
         if args.patch_nums is not None:
             raise ConfigError("--patch-nums is for --kind multiscale")
         cfg = tokenizer_config(args.preset, "vq", codebook_size=args.codebook_size, codebook_embed_dim=args.codebook_dim,
-                               encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult, **common)
+                               encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult,
+                               encoder_type=args.encoder, **common)
     out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
                           perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
                           disc_start=args.disc_start, dead_code_threshold=args.dead_code_threshold,
@@ -384,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--z-channels", type=int)
     tt.add_argument("--norm-groups", type=int, help="GroupNorm groups (official and default 32)")
     tt.add_argument("--codebook-size", type=int)
+    tt.add_argument("--encoder", choices=["conv", "patch"],
+                    help="vq: conv (LlamaGen's, default) or patch: each token sees only its own pixels, so one "
+                         "flat colour always gets one code (less for the generator to learn on simple data)")
     tt.add_argument("--codebook-dim", type=int)
     tt.add_argument("--perceptual-weights", help="local torchvision vgg16 state dict for a perceptual loss")
     tt.add_argument("--perceptual-weight", type=float, default=1.0)

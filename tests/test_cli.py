@@ -62,10 +62,11 @@ def test_models_lists_the_zoo(capsys):
         (["generate", "--per-class", "0"], "--per-class must be >= 1"),
         (["generate", "--sampler", "nope"], "unknown sampler 'nope'"),
         (["generate", "--dtype", "int3"], "unknown dtype 'int3'"),
+        (["train", "tokenizer", "--kind", "kl", "--encoder", "patch", "--out", "x"], "--encoder is for --kind vq"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(converted, capsys, args, message):
-    if "--model" not in args:
+    if args[0] == "generate" and "--model" not in args:
         args = args[:1] + ["--model", str(converted), "-q"] + args[1:]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

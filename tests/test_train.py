@@ -37,6 +37,30 @@ def test_one_tokenizer_step_reduces_the_loss():
     assert after < before
 
 
+def test_patch_encoder_codes_depend_only_on_their_own_pixels():
+    torch.manual_seed(0)
+    model = VQTokenizer(tokenizer_config("tiny", encoder_type="patch")).eval()
+    images, _ = _batch(2)
+    changed = images.clone()
+    changed[:, :, 8:, :] = torch.rand_like(changed[:, :, 8:, :]) * 2 - 1  # rows of tokens 2.. (downsample 4)
+    with torch.no_grad():
+        a, b = model.encode(images), model.encode(changed)
+        assert torch.equal(a[:, :2], b[:, :2]) and not torch.equal(a[:, 2:], b[:, 2:])
+        # the conv encoder's tokens see the whole image (GroupNorm statistics, attention)
+        conv = VQTokenizer(tokenizer_config("tiny")).eval()
+        assert not torch.equal(conv.encode_latents(images)[:, :, :2], conv.encode_latents(changed)[:, :, :2])
+    # one step of training reduces the loss, as for the conv encoder
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before, _, _ = vq_loss(model, images)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        assert vq_loss(model, images)[0] < before
+    with pytest.raises(ConfigError, match="unknown encoder_type 'mlp'; known: conv, patch"):
+        tokenizer_config("tiny", encoder_type="mlp")
+
+
 def test_one_generator_step_reduces_the_loss():
     torch.manual_seed(0)
     cfg = LlamaGenConfig(**generator_config("tiny"), vocab_size=256, block_size=16, num_classes=10,

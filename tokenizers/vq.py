@@ -22,6 +22,8 @@ from argen.modeling import Pretrained, build_config, register
 from argen.tokenizers.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
 from argen.tokenizers.codebook import CodeRestarts
 
+ENCODER_TYPES = ("conv", "patch")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4]),
     "VQ-8": dict(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]),
@@ -31,7 +33,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class VQConfig:
     """The official VQ ``ModelArgs`` names, plus the Encoder/Decoder widths ``ch`` and ``num_res_blocks``
-    (hard-coded to 128 / 2 in the official VQModel) and the GroupNorm ``norm_groups`` (official: 32)."""
+    (hard-coded to 128 / 2 in the official VQModel) and the GroupNorm ``norm_groups`` (official: 32).
+
+    ``encoder_type="patch"`` (argen's, not in any released tokenizer) swaps the conv encoder for
+    :class:`PatchEncoder` (``patch_encoder_width`` x ``patch_encoder_depth``); the decoder stays the same."""
 
     codebook_size: int = 16384
     codebook_embed_dim: int = 8
@@ -46,8 +51,15 @@ class VQConfig:
     ch: int = 128
     num_res_blocks: int = 2
     norm_groups: int = 32
+    encoder_type: str = "conv"
+    patch_encoder_width: int = 256
+    patch_encoder_depth: int = 3
 
     def __post_init__(self) -> None:
+        if self.encoder_type not in ENCODER_TYPES:
+            raise ConfigError(f"unknown encoder_type {self.encoder_type!r}; known: {', '.join(ENCODER_TYPES)}")
+        if self.patch_encoder_width < 1 or self.patch_encoder_depth < 0:
+            raise ConfigError("patch_encoder_width must be >= 1 and patch_encoder_depth >= 0")
         self.encoder_ch_mult = list(self.encoder_ch_mult)
         self.decoder_ch_mult = list(self.decoder_ch_mult)
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
@@ -123,6 +135,33 @@ class Encoder(nn.Module):
         for block in self.mid:
             h = block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class PatchEncoder(nn.Module):
+    """Each latent is a function of its own ``ds x ds`` pixels only (a patch embedding, then per-position
+    residual MLPs with a per-position LayerNorm). The conv encoder's GroupNorm statistics and attention
+    make a token depend on the whole image, so one flat colour gets many codes that the generator must
+    then model as noise; here a flat patch of one colour always gets the same code."""
+
+    def __init__(self, ds: int, width: int, depth: int, z_channels: int) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, ds, ds)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.SiLU(), nn.Conv2d(2 * width, width, 1)) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(width)
+        self.conv_out = nn.Conv2d(width, z_channels, 1)
+
+    @staticmethod
+    def _channel_norm(norm: nn.LayerNorm, h: torch.Tensor) -> torch.Tensor:
+        return norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for norm, mlp in zip(self.norms, self.mlps):
+            h = h + mlp(self._channel_norm(norm, h))
+        return self.conv_out(F.silu(self._channel_norm(self.norm_out, h)))
 
 
 class Decoder(nn.Module):
@@ -212,7 +251,10 @@ class VQTokenizer(Pretrained):
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.encoder = Encoder(c.ch, c.encoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p, c.norm_groups)
+        if c.encoder_type == "patch":
+            self.encoder = PatchEncoder(c.downsample, c.patch_encoder_width, c.patch_encoder_depth, c.z_channels)
+        else:
+            self.encoder = Encoder(c.ch, c.encoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p, c.norm_groups)
         self.decoder = Decoder(c.ch, c.decoder_ch_mult, c.num_res_blocks, c.z_channels, c.dropout_p, c.norm_groups)
         self.quantize = VectorQuantizer(
             c.codebook_size, c.codebook_embed_dim, c.commit_loss_beta, c.codebook_l2_norm, c.codebook_show_usage
