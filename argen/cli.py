@@ -255,8 +255,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train.tokenizer import tokenizer_config
 
     common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups)
-    if args.encoder is not None and args.kind != "vq":
-        raise ConfigError(f"--encoder is for --kind vq; a {args.kind} tokenizer has the official conv encoder")
+    if args.encoder is not None and args.kind == "kl":
+        raise ConfigError("--encoder is for VQ tokenizers (--kind vq or multiscale); a KL VAE has the official conv encoder")
     if args.kind == "kl":
         if args.codebook_size is not None or args.codebook_dim is not None or args.patch_nums is not None:
             raise ConfigError("--codebook-size / --codebook-dim / --patch-nums are for VQ tokenizers; a KL VAE's "
@@ -267,7 +267,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
         if args.codebook_dim is not None:
             raise ConfigError("--codebook-dim is for --kind vq; a multi-scale VQ-VAE's code width is --z-channels")
         cfg = tokenizer_config(args.preset, "multiscale", args.resolution, vocab_size=args.codebook_size,
-                               ch_mult=args.ch_mult, v_patch_nums=args.patch_nums, **common)
+                               ch_mult=args.ch_mult, v_patch_nums=args.patch_nums, encoder_type=args.encoder, **common)
     else:
         if args.patch_nums is not None:
             raise ConfigError("--patch-nums is for --kind multiscale")
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--norm-groups", type=int, help="GroupNorm groups (official and default 32)")
     tt.add_argument("--codebook-size", type=int)
     tt.add_argument("--encoder", choices=["conv", "patch"],
-                    help="vq: conv (LlamaGen's, default) or patch: each token sees only its own pixels, so one "
+                    help="vq/multiscale: conv (the official, default) or patch: each token sees only its own pixels, so one "
                          "flat colour always gets one code (less for the generator to learn on simple data)")
     tt.add_argument("--codebook-dim", type=int)
     tt.add_argument("--perceptual-weights", help="local torchvision vgg16 state dict for a perceptual loss")

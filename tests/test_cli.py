@@ -62,7 +62,7 @@ def test_models_lists_the_zoo(capsys):
         (["generate", "--per-class", "0"], "--per-class must be >= 1"),
         (["generate", "--sampler", "nope"], "unknown sampler 'nope'"),
         (["generate", "--dtype", "int3"], "unknown dtype 'int3'"),
-        (["train", "tokenizer", "--kind", "kl", "--encoder", "patch", "--out", "x"], "--encoder is for --kind vq"),
+        (["train", "tokenizer", "--kind", "kl", "--encoder", "patch", "--out", "x"], "--encoder is for VQ tokenizers"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(converted, capsys, args, message):

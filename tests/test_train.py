@@ -13,6 +13,7 @@ import argen
 from argen.errors import CheckpointError, ConfigError
 from argen.generators import LlamaGen, LlamaGenConfig
 from argen.tokenizers import VQTokenizer
+from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 from argen.train import TrainSettings, train_generator, train_tokenizer
 from argen.train.generator import generator_config, next_token_loss
 from argen.train.tokenizer import tokenizer_config, vq_loss
@@ -37,28 +38,35 @@ def test_one_tokenizer_step_reduces_the_loss():
     assert after < before
 
 
-def test_patch_encoder_codes_depend_only_on_their_own_pixels():
+def build_tokenizer(cfg):
+    return (MultiScaleVQVAE if isinstance(cfg, MultiScaleVQConfig) else VQTokenizer)(cfg)
+
+
+@pytest.mark.parametrize("kind", ["vq", "multiscale"])
+def test_patch_encoder_latents_depend_only_on_their_own_pixels(kind):
     torch.manual_seed(0)
-    model = VQTokenizer(tokenizer_config("tiny", encoder_type="patch")).eval()
+    model = build_tokenizer(tokenizer_config("tiny", kind, 16, encoder_type="patch")).eval()
+    conv = build_tokenizer(tokenizer_config("tiny", kind, 16)).eval()
     images, _ = _batch(2)
     changed = images.clone()
-    changed[:, :, 8:, :] = torch.rand_like(changed[:, :, 8:, :]) * 2 - 1  # rows of tokens 2.. (downsample 4)
+    changed[:, :, 8:, :] = torch.rand_like(changed[:, :, 8:, :]) * 2 - 1  # latent rows 2.. (downsample 4)
     with torch.no_grad():
-        a, b = model.encode(images), model.encode(changed)
-        assert torch.equal(a[:, :2], b[:, :2]) and not torch.equal(a[:, 2:], b[:, 2:])
-        # the conv encoder's tokens see the whole image (GroupNorm statistics, attention)
-        conv = VQTokenizer(tokenizer_config("tiny")).eval()
-        assert not torch.equal(conv.encode_latents(images)[:, :, :2], conv.encode_latents(changed)[:, :, :2])
+        a, b = model.encoder(images), model.encoder(changed)
+        assert torch.equal(a[:, :, :2], b[:, :, :2]) and not torch.equal(a[:, :, 2:], b[:, :, 2:])
+        if kind == "vq":  # the codes too (the multi-scale quantiser mixes scales by design)
+            assert torch.equal(model.encode(images)[:, :2], model.encode(changed)[:, :2])
+        # the conv encoder's latents see the whole image (GroupNorm statistics, attention)
+        assert not torch.equal(conv.encoder(images)[:, :, :2], conv.encoder(changed)[:, :, :2])
     # one step of training reduces the loss, as for the conv encoder
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # small: a step must not re-assign many codes
     before, _, _ = vq_loss(model, images)
     before.backward()
     opt.step()
     with torch.no_grad():
         assert vq_loss(model, images)[0] < before
     with pytest.raises(ConfigError, match="unknown encoder_type 'mlp'; known: conv, patch"):
-        tokenizer_config("tiny", encoder_type="mlp")
+        tokenizer_config("tiny", kind, 16, encoder_type="mlp")
 
 
 def test_one_generator_step_reduces_the_loss():

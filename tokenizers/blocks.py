@@ -120,3 +120,41 @@ class Upsample(nn.Module):
         if torch.is_grad_enabled() or not self.subpixel:
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return upsample_conv(x, self.conv.weight, self.conv.bias)
+
+
+ENCODER_TYPES = ("conv", "patch")
+
+
+def check_encoder_type(encoder_type: str, width: int, depth: int) -> None:
+    """The VQ tokenizers' ``encoder_type``: "conv" (the official encoder) or "patch" (:class:`PatchEncoder`)."""
+    if encoder_type not in ENCODER_TYPES:
+        raise ConfigError(f"unknown encoder_type {encoder_type!r}; known: {', '.join(ENCODER_TYPES)}")
+    if width < 1 or depth < 0:
+        raise ConfigError("patch_encoder_width must be >= 1 and patch_encoder_depth >= 0")
+
+
+class PatchEncoder(nn.Module):
+    """Each latent is a function of its own ``ds x ds`` pixels only (a patch embedding, then per-position
+    residual MLPs with a per-position LayerNorm). The conv encoder's GroupNorm statistics and attention
+    make a token depend on the whole image, so one flat colour gets many codes that the generator must
+    then model as noise; here a flat patch of one colour always gets the same code."""
+
+    def __init__(self, ds: int, width: int, depth: int, z_channels: int) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, ds, ds)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.SiLU(), nn.Conv2d(2 * width, width, 1)) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(width)
+        self.conv_out = nn.Conv2d(width, z_channels, 1)
+
+    @staticmethod
+    def _channel_norm(norm: nn.LayerNorm, h: torch.Tensor) -> torch.Tensor:
+        return norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for norm, mlp in zip(self.norms, self.mlps):
+            h = h + mlp(self._channel_norm(norm, h))
+        return self.conv_out(F.silu(self._channel_norm(self.norm_out, h)))

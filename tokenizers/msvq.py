@@ -21,7 +21,7 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.tokenizers.blocks import FusedAttnBlock
+from argen.tokenizers.blocks import FusedAttnBlock, PatchEncoder, check_encoder_type
 from argen.tokenizers.codebook import CodeRestarts
 from argen.tokenizers.taming import Decoder, Encoder, TamingArch
 
@@ -36,7 +36,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class MultiScaleVQConfig:
     """The official ``VQVAE`` arguments; ``ch_mult``/``num_res_blocks`` (hard-coded (1,1,2,2,4)/2 in the
-    official VQVAE) and ``norm_groups`` (official 32) are options for small models."""
+    official VQVAE) and ``norm_groups`` (official 32) are options for small models, and so is argen's
+    ``encoder_type="patch"`` (:class:`~argen.tokenizers.blocks.PatchEncoder`; the decoder stays VAR's)."""
 
     vocab_size: int = 4096
     z_channels: int = 32
@@ -53,8 +54,12 @@ class MultiScaleVQConfig:
     using_sa: bool = True
     using_mid_sa: bool = True
     norm_groups: int = 32
+    encoder_type: str = "conv"
+    patch_encoder_width: int = 256
+    patch_encoder_depth: int = 3
 
     def __post_init__(self) -> None:
+        check_encoder_type(self.encoder_type, self.patch_encoder_width, self.patch_encoder_depth)
         self.ch_mult, self.v_patch_nums = list(self.ch_mult), [int(p) for p in self.v_patch_nums]
         if not self.v_patch_nums or any(p < 1 for p in self.v_patch_nums):
             raise ConfigError(f"v_patch_nums must be positive sizes, got {self.v_patch_nums}")
@@ -282,7 +287,10 @@ class MultiScaleVQVAE(Pretrained):
     def __init__(self, config: MultiScaleVQConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.encoder = MSEncoder(c)
+        if c.encoder_type == "patch":
+            self.encoder = PatchEncoder(c.downsample, c.patch_encoder_width, c.patch_encoder_depth, c.z_channels)
+        else:
+            self.encoder = MSEncoder(c)
         self.decoder = MSDecoder(c)
         self.quantize = MultiScaleQuantizer(c)
         ks = c.quant_conv_ks

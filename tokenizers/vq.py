@@ -19,10 +19,10 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
-from argen.tokenizers.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from argen.tokenizers.blocks import (
+    AttnBlock, Downsample, PatchEncoder, ResnetBlock, Upsample, check_encoder_type, group_norm,
+)
 from argen.tokenizers.codebook import CodeRestarts
-
-ENCODER_TYPES = ("conv", "patch")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4]),
@@ -56,10 +56,7 @@ class VQConfig:
     patch_encoder_depth: int = 3
 
     def __post_init__(self) -> None:
-        if self.encoder_type not in ENCODER_TYPES:
-            raise ConfigError(f"unknown encoder_type {self.encoder_type!r}; known: {', '.join(ENCODER_TYPES)}")
-        if self.patch_encoder_width < 1 or self.patch_encoder_depth < 0:
-            raise ConfigError("patch_encoder_width must be >= 1 and patch_encoder_depth >= 0")
+        check_encoder_type(self.encoder_type, self.patch_encoder_width, self.patch_encoder_depth)
         self.encoder_ch_mult = list(self.encoder_ch_mult)
         self.decoder_ch_mult = list(self.decoder_ch_mult)
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
@@ -135,33 +132,6 @@ class Encoder(nn.Module):
         for block in self.mid:
             h = block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
-
-
-class PatchEncoder(nn.Module):
-    """Each latent is a function of its own ``ds x ds`` pixels only (a patch embedding, then per-position
-    residual MLPs with a per-position LayerNorm). The conv encoder's GroupNorm statistics and attention
-    make a token depend on the whole image, so one flat colour gets many codes that the generator must
-    then model as noise; here a flat patch of one colour always gets the same code."""
-
-    def __init__(self, ds: int, width: int, depth: int, z_channels: int) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(3, width, ds, ds)
-        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
-        self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.SiLU(), nn.Conv2d(2 * width, width, 1)) for _ in range(depth)
-        )
-        self.norm_out = nn.LayerNorm(width)
-        self.conv_out = nn.Conv2d(width, z_channels, 1)
-
-    @staticmethod
-    def _channel_norm(norm: nn.LayerNorm, h: torch.Tensor) -> torch.Tensor:
-        return norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
-        for norm, mlp in zip(self.norms, self.mlps):
-            h = h + mlp(self._channel_norm(norm, h))
-        return self.conv_out(F.silu(self._channel_norm(self.norm_out, h)))
 
 
 class Decoder(nn.Module):
