@@ -39,7 +39,7 @@ def describe(pipe) -> str:
                 f"{tok.scaling_factor:.4f}), both trained from scratch on {data}.")
     g = gen.token_grid
     encoder = (" with a patch-local encoder (each token sees only its own pixels, so a flat colour has one code)"
-               if getattr(tok.config, "encoder_type", "conv") == "patch" else "")
+               if tok.config.encoder_type == "patch" else "")
     return (f"A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {gen.config.n_layer} layers, "
             f"width {gen.config.dim}) over the codes of a VQ tokenizer{encoder} ({n_tok / 1e6:.2f}M parameters, downsample "
             f"{tok.downsample}, {tok.codebook_size} codes; {pipe.image_size}x{pipe.image_size} images -> {g[0]}x{g[1]} "
