@@ -51,7 +51,8 @@ def code_stats(recon: dict) -> str:
     if recon.get("code_perplexity_per_flat_colour") is None:
         return "."
     return (f"; over the tokens of one flat colour the code perplexity is {recon['code_perplexity_per_flat_colour']:.1f}\n"
-            f"({recon['codes_per_flat_colour']:.0f} distinct codes): entropy the generator must model without image content.")
+            f"({recon['codes_per_flat_colour']:.0f} distinct code{'' if round(recon['codes_per_flat_colour']) == 1 else 's'})"
+            "; codes beyond one per colour are entropy the generator must model without image content.")
 
 
 def stage(info: dict, label: str) -> dict:
