@@ -205,3 +205,28 @@ def test_generator_config_overrides_are_checked_by_name():
         generator_config("tiny", "mar", img_size=32)
     with pytest.raises(ConfigError, match="unknown llamagen config option"):
         generator_config("tiny", "llamagen", mask_ratio_min=0.5)
+
+
+def test_ema_copies_buffers_and_loading_rebuilds_config_buffers():
+    """A -inf mask entry averaged by the EMA would become NaN (-inf + 0 * nan), and a stale stored mask
+    would poison every teacher-forced loss of a run started with --init-from."""
+    from argen.convert.checkpoint import load_into
+    from argen.generators.var import VAR, VARConfig
+    from argen.train.loop import EMA
+
+    var = VAR(VARConfig(depth=2, embed_dim=32, num_heads=2, vocab_size=16, Cvae=4, num_classes=3, patch_nums=(1, 2)))
+    mask = var.attn_bias_for_masking.clone()
+    assert torch.isinf(mask).any()
+    ema = EMA(var, 0.9)
+    with torch.no_grad():
+        var.head.weight.add_(1.0)
+    for _ in range(3):
+        ema.update(var)
+    assert torch.equal(ema.shadow["attn_bias_for_masking"], mask)
+    assert not torch.equal(ema.shadow["head.weight"], var.head.weight)  # parameters are still averaged
+    state = {k: v.clone() for k, v in var.state_dict().items()}
+    state["attn_bias_for_masking"].fill_(float("nan"))  # what argen <= stop 21 wrote for VAR and FlowAR runs
+    fresh = VAR(var.config)
+    load_into(fresh, state)
+    assert torch.equal(fresh.attn_bias_for_masking, mask)
+    assert torch.equal(fresh.head.weight, var.head.weight)

@@ -90,7 +90,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "") -> nn.Module:
     """Strictly load ``state`` into ``model`` (which may live on the meta device), keeping the
-    model's parameter dtypes; non-persistent buffers are rebuilt afterwards."""
+    model's parameter dtypes; buffers computed from the config are rebuilt afterwards."""
     check_state_dict(model, state, source=source)
     on_meta = any(t.is_meta for t in model.state_dict().values())
     if on_meta:
@@ -100,10 +100,12 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: st
             for k, v in state.items()
         }
         model.load_state_dict(state, strict=True, assign=True)
-        for m in model.modules():  # non-persistent buffers (RoPE tables, masks) are still on meta
-            init = getattr(m, "init_buffers", None)
-            if init is not None:
-                init()
     else:
         model.load_state_dict(state, strict=True)
+    # buffers derived from the config (RoPE tables, masks) are rebuilt: on meta they do not exist yet,
+    # and a stored copy may be stale (an older argen averaged VAR's -inf mask into NaN in its EMA)
+    for m in model.modules():
+        init = getattr(m, "init_buffers", None)
+        if init is not None:
+            init()
     return model

@@ -115,11 +115,14 @@ def lr_at(step: int, settings: TrainSettings) -> float:
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state (decay warms up from 0)."""
+    """Exponential moving average of a model's parameters (decay warms up from 0). Floating-point
+    buffers are kept too but copied, not averaged: they are not trained, and averaging a -inf mask
+    entry gives NaN (-inf + 0 * (-inf - -inf))."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.params = {k for k, _ in model.named_parameters()}
         self.updates = 0
 
     @torch.no_grad()
@@ -127,8 +130,10 @@ class EMA:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for k, v in model.state_dict().items():
-            if k in self.shadow:
+            if k in self.params:
                 self.shadow[k].lerp_(v.detach(), 1 - d)
+            elif k in self.shadow:
+                self.shadow[k].copy_(v.detach())
 
     def copy_to(self, model: nn.Module) -> nn.Module:
         model.load_state_dict({**model.state_dict(), **self.shadow})
