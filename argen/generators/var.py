@@ -150,14 +150,17 @@ class AdaLNSelfAttn(nn.Module):
             self.ada_lin = nn.Sequential(nn.SiLU(), Linear(c, 6 * c))
         self.drop_path = drop_path_rate
 
-    def forward(self, x: torch.Tensor, ada: torch.Tensor, mask, cache: KVCache | None = None, layer: int = 0,
-                window=None) -> torch.Tensor:
-        """``ada``: the class embedding (B, C), or with a shared AdaLN its (B, 1, 6, C) projection."""
+    def modulation(self, ada: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 6, C) gammas, scales and shifts from the class embedding (B, C), or with a shared AdaLN
+        from its (B, 1, 6, C) projection. They depend on the class only, so samplers compute them once."""
         if self.shared:
-            mods = (self.ada_gss + ada).unbind(2)
-        else:
-            mods = self.ada_lin(ada).view(-1, 1, 6, self.C).unbind(2)
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = mods
+            return self.ada_gss + ada
+        return self.ada_lin(ada).view(-1, 1, 6, self.C)
+
+    def forward(self, x: torch.Tensor, mods: torch.Tensor, mask, cache: KVCache | None = None, layer: int = 0,
+                window=None) -> torch.Tensor:
+        """``mods``: this block's :meth:`modulation` of the condition."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mods.unbind(2)
         h = self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1), mask, cache, layer, window)
         x = x + drop_path(h.mul_(gamma1), self.drop_path, self.training)
         h = self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2))
@@ -171,8 +174,12 @@ class AdaLNBeforeHead(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(c, eps=eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), Linear(c, 2 * c))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
+    def modulation(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.ada_lin(emb).view(-1, 1, 2, self.C)
+
+    def forward(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        """``mods``: :meth:`modulation` of the class embedding."""
+        scale, shift = mods.unbind(2)
         return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
 
 
@@ -182,10 +189,13 @@ class SharedAdaLin(Linear):
 
 
 class ScaleCondition:
-    """What every scale step needs about the condition: the class embedding and the AdaLN input."""
+    """What every scale step needs about the condition: the class embedding and the AdaLN modulations
+    of every block and of the head. These depend on the class only; computing them once per sampling
+    run instead of once per scale saves a (C x 6C) matrix-vector product per block and scale, which
+    reads the whole AdaLN weight each time (about 7% of VAR-d16's sampling time on a CPU)."""
 
-    def __init__(self, emb: torch.Tensor, ada: torch.Tensor) -> None:
-        self.emb, self.ada = emb, ada
+    def __init__(self, emb: torch.Tensor, blocks: list[torch.Tensor], head: torch.Tensor) -> None:
+        self.emb, self.blocks, self.head = emb, blocks, head
 
 
 @register("var")
@@ -312,7 +322,8 @@ class VAR(Pretrained):
     # -- forward passes ----------------------------------------------------------------------------
     def condition(self, labels: torch.Tensor) -> ScaleCondition:
         emb = self.class_emb(labels)
-        return ScaleCondition(emb, self.shared_ada_lin(emb))
+        ada = self.shared_ada_lin(emb)
+        return ScaleCondition(emb, [blk.modulation(ada) for blk in self.blocks], self.head_nm.modulation(emb))
 
     def _lvl_pos(self, start: int, end: int) -> torch.Tensor:
         return self.lvl_embed(self.lvl_1L[:, start:end]) + self.pos_1LC[:, start:end]
@@ -328,7 +339,7 @@ class VAR(Pretrained):
         return self.word_embed(features) + self._lvl_pos(start, start + features.shape[1])
 
     def _logits(self, h: torch.Tensor, cond: ScaleCondition) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond.emb).float()).float()
+        return self.head(self.head_nm(h.float(), cond.head).float()).float()
 
     def new_cache(self, batch_size: int, *, dtype: torch.dtype | None = None) -> KVCache:
         c, w = self.config, self.head.weight
@@ -339,7 +350,7 @@ class VAR(Pretrained):
         itself and everything before it); append to the cache; return logits (B, pn^2, V)."""
         window = cache.prepare(x.shape[1])
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cond.ada, None, cache, i, window)
+            x = blk(x, cond.blocks[i], None, cache, i, window)
         cache.advance(window)
         return self._logits(x, cond)
 
@@ -365,5 +376,5 @@ class VAR(Pretrained):
         x = x + (self.lvl_embed(self.lvl_1L.expand(b, -1)) + self.pos_1LC)
         mask = self.attn_bias_for_masking.to(x.dtype)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cnd.ada, mask)
+            x = blk(x, cnd.blocks[i], mask)
         return self._logits(x, cnd)
