@@ -16,11 +16,11 @@ argen train generator --kind var --tokenizer "$RUNS/msvq-patch" --data shapes --
   --cfg 3.0 --sample-every 1000 --checkpoint-every 500 --out "$RUNS/var-patch"
 # continuations from the previous run's weights on new images (--seed k) at half the learning rate
 prev=var-patch
+steps=(0 2000 2000 3000 3000)
 for k in 1 2 3 4; do
-  steps=(0 2000 2000 3000 3000); steps=${steps[$k]}
   out=var-patch-ft$k; [ $k -eq 1 ] && out=var-patch-ft
   argen train generator --kind var --tokenizer "$RUNS/msvq-patch" --data shapes --preset small --resolution 64 \
-    --steps $steps --batch-size 16 --lr 5e-4 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 --seed $k \
+    --steps ${steps[$k]} --batch-size 16 --lr 5e-4 --warmup-steps 100 --dropout 0.0 --class-dropout 0.1 --seed $k \
     --cfg 3.0 --sample-every 1000 --checkpoint-every 500 --init-from "$RUNS/$prev" --out "$RUNS/$out"
   prev=$out
 done

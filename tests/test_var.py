@@ -121,7 +121,7 @@ def test_seeds_reproduce_and_differ(var_case):
 
 def test_adaln_modulations_are_computed_once_per_sampling_run(var_case):
     """The AdaLN projections depend on the class only: one call per block and run, not per scale (each
-    call reads the whole (C, 6C) weight; per scale that was about 7% of VAR-d16's CPU sampling time)."""
+    call reads the whole (C, 6C) weight; per scale that was about 7% of a VAR-d16 generation on the CPU)."""
     _, model, io = var_case
     calls: list[str] = []
     hooks = [m.register_forward_hook(lambda *_: calls.append("ada")) for m in (
@@ -132,6 +132,7 @@ def test_adaln_modulations_are_computed_once_per_sampling_run(var_case):
         for h in hooks:
             h.remove()
     assert len(calls) == len(hooks) and len(model.patch_nums) > 1
+
 
 def test_var_top_p_rule_differs_from_hf_at_the_boundary():
     from argen.samplers.logits import top_p_filter

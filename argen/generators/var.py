@@ -192,7 +192,7 @@ class ScaleCondition:
     """What every scale step needs about the condition: the class embedding and the AdaLN modulations
     of every block and of the head. These depend on the class only; computing them once per sampling
     run instead of once per scale saves a (C x 6C) matrix-vector product per block and scale, which
-    reads the whole AdaLN weight each time (about 7% of VAR-d16's sampling time on a CPU)."""
+    reads the whole AdaLN weight each time (about 7% of a VAR-d16 generation on a CPU)."""
 
     def __init__(self, emb: torch.Tensor, blocks: list[torch.Tensor], head: torch.Tensor) -> None:
         self.emb, self.blocks, self.head = emb, blocks, head
