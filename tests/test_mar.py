@@ -167,6 +167,48 @@ def test_mask_ratio_dist_option():
     assert floored.min() >= 0.5 and (floored < 0.75).float().mean() > 0.3
 
 
+def test_raster_order_prob_trains_raster_prefixes():
+    """raster_order_prob: that fraction of training rows keeps a raster prefix known (the sampler's
+    order='raster' queries); 0 (official) draws exactly the official random orders."""
+    cfg = {**fixture_config("mar_tiny"), "img_size": 64, "vae_stride": 4}  # 16 x 16 = 256 tokens
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="raster_order_prob must be in"):
+            MARConfig(**cfg, raster_order_prob=bad)
+    official = MAR(MARConfig(**cfg)).random_orders(3, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(official, torch.stack([torch.randperm(256, generator=g) for _ in range(3)]))
+
+    model = MAR(MARConfig(**cfg, raster_order_prob=0.5))
+    g = torch.Generator().manual_seed(1)
+    rasters = 0
+    for _ in range(200):
+        orders = model.random_orders(4, g)
+        mask = model.random_mask(orders, g)
+        for row_order, row_mask in zip(orders, mask):
+            if torch.equal(row_order, torch.arange(255, -1, -1)):
+                known = int((row_mask == 0).sum())
+                assert torch.equal(row_mask, (torch.arange(256) >= known).float())  # a raster prefix known
+                rasters += 1
+    assert abs(rasters / 800 - 0.5) < 0.06  # 4 sigma of a binomial(800, 0.5) share
+
+
+def test_training_only_fields_may_differ_when_continuing(tmp_path):
+    """--init-from continues a MAR under another training recipe (mask law, raster share) but refuses
+    another architecture, naming the field."""
+    from argen.errors import ConfigError as Err
+    from argen.train.generator import init_weights_from
+
+    cfg = fixture_config("mar_tiny")
+    saved = MAR(MARConfig(**cfg))
+    saved.save_pretrained(tmp_path / "gen")
+    model = MAR(MARConfig(**{**cfg, "raster_order_prob": 0.5, "mask_ratio_min": 0.0, "mask_ratio_dist": "cosine"}))
+    init_weights_from(model, tmp_path / "gen")
+    for (name, a), b in zip(saved.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(Err, match="rope: saved 'none' vs now '2d'"):
+        init_weights_from(MAR(MARConfig(**cfg, rope="2d")), tmp_path / "gen")
+
+
 def test_distance_attention_bias():
     """attn_bias='distance': ALiBi slopes times the 2D grid distance between image tokens, no bias for
     the buffer; the encoder's bias follows each row's own known positions (rows mask different tokens)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -120,6 +120,16 @@ class MARConfig:
     # z (the token's conditional mean). The diffusion loss reaches the transformer weakly (eps barely
     # depends on z at high noise), so a small model from scratch learns its context slowly; 0 is official
     x0_loss_weight: float = 0.0
+    # not official: the fraction of training samples whose order is raster (the known tokens are a raster
+    # prefix, the masked ones the rest), the rest random as the official. Random subsets rarely hold a
+    # token's left and upper neighbours all at once, which is what every query of the sampler's
+    # order='raster' has; 0 is official
+    raster_order_prob: float = 0.0
+
+    # fields that shape training only, not the network: a run may continue another with other values
+    # (x0_loss_weight is not one: 0 means no read-out head)
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("mask_ratio_min", "mask_ratio_dist", "label_drop_prob",
+                                                "diffusion_batch_mul", "raster_order_prob", "grad_checkpointing")
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
@@ -147,6 +157,8 @@ class MARConfig:
             raise ConfigError(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
         if not 0.0 <= self.mask_ratio_min <= 1.0:
             raise ConfigError(f"mask_ratio_min must be in [0, 1], got {self.mask_ratio_min}")
+        if not 0.0 <= self.raster_order_prob <= 1.0:
+            raise ConfigError(f"raster_order_prob must be in [0, 1], got {self.raster_order_prob}")
         if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
             raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
 
@@ -343,9 +355,15 @@ class MAR(Pretrained):
 
     # -- training ----------------------------------------------------------------------------------------
     def random_orders(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A random generation order per sample (B, L)."""
+        """A generation order per sample (B, L): random, or with probability ``raster_order_prob`` the
+        reversed raster order, so that the masked first entries leave a raster prefix known (the
+        sampler's order='raster' layout)."""
         dev = self.fake_latent.device
-        return torch.stack([torch.randperm(self.seq_len, generator=generator, device=dev) for _ in range(batch_size)])
+        orders = torch.stack([torch.randperm(self.seq_len, generator=generator, device=dev) for _ in range(batch_size)])
+        if self.config.raster_order_prob > 0:
+            raster = torch.rand(batch_size, generator=generator, device=dev) < self.config.raster_order_prob
+            orders[raster] = torch.arange(self.seq_len - 1, -1, -1, device=dev)
+        return orders
 
     def random_mask(self, orders: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training mask (B, L) float: the first ceil(L * r) positions of each order (at least one), one r

@@ -268,8 +268,9 @@ def train_generator(
 
 def init_weights_from(model: torch.nn.Module, directory: str | Path) -> None:
     """Copy the generator weights of an argen pipeline or generator folder into ``model``. The saved
-    architecture must equal the model's, up to the dropout rates (every config field named *drop*); a
-    difference is an error naming the fields, a wrong checkpoint one naming the keys."""
+    architecture must equal the model's, up to the dropout rates (every config field named *drop*) and
+    the fields the config lists as ``TRAINING_ONLY``; a difference is an error naming the fields, a
+    wrong checkpoint one naming the keys."""
     folder = Path(directory)
     if (folder / INDEX_NAME).is_file():
         folder = folder / read_json(folder / INDEX_NAME, "").get("generator", "generator")
@@ -278,8 +279,9 @@ def init_weights_from(model: torch.nn.Module, directory: str | Path) -> None:
     if kind != model.registry_name:
         raise ConfigError(f"--init-from {directory} holds a {kind!r}, this run trains a {model.registry_name!r}")
     now = config_to_dict(model.config)
+    free = getattr(type(model.config), "TRAINING_ONLY", ())
     diffs = [f"{k}: saved {saved.get(k)!r} vs now {v!r}" for k, v in now.items()
-             if "drop" not in k and k in saved and saved[k] != v]
+             if "drop" not in k and k not in free and k in saved and saved[k] != v]
     if diffs:
         raise ConfigError(f"--init-from {directory}: another architecture or tokenizer ("
                           + "; ".join(diffs) + "); pass matching --dim/--depth/--heads/--config")
