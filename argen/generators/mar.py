@@ -127,9 +127,9 @@ class MARConfig:
     raster_order_prob: float = 0.0
 
     # fields that shape training only, not the network: a run may continue another with other values
-    # (x0_loss_weight is not one: 0 means no read-out head)
-    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("mask_ratio_min", "mask_ratio_dist", "label_drop_prob",
-                                                "diffusion_batch_mul", "raster_order_prob", "grad_checkpointing")
+    # (dropout rates are free anyway; x0_loss_weight is not free: 0 means no read-out head)
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("mask_ratio_min", "mask_ratio_dist", "diffusion_batch_mul",
+                                                "raster_order_prob", "grad_checkpointing")
 
     def __post_init__(self) -> None:
         if self.img_size % self.vae_stride:
