@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import argen
+from argen.cli import parse_key_values
 from argen.data import SHAPE_NAMES, ShapesDataset
 from argen.eval.shapes import batch, load_judge
 from argen.modeling import Pretrained
@@ -63,7 +64,7 @@ def main() -> None:
     p.add_argument("--reconstruct", type=int, default=0, metavar="N", help="judge N tokenizer reconstructions instead")
     p.add_argument("--out")
     args = p.parse_args()
-    opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    opts = parse_key_values(args.option)
 
     if args.reconstruct and not (Path(args.model) / "model_index.json").is_file():
         tokenizer, resolution = Pretrained.from_pretrained(args.model), 64  # a tokenizer folder
