@@ -108,7 +108,7 @@ def main() -> None:
         "images": len(classes),
         "seed": args.seed,
         "sampling": {**pipe.defaults, **opts},
-        "judge": judge.info["folder"],
+        "judge": args.judge or "assets/shapes-classifier",  # not the absolute path of this checkout
         "generation_s": round(t_gen, 1),
     }
     print(json.dumps(result, indent=2))

@@ -44,7 +44,7 @@ def generation_orders(model, batch_size: int, order: str, rng: torch.Generator |
     'raster': row by row from the top left, so that every new token has its left and upper neighbours
     known (a small MAR's completions of local context are much better than its first guesses from a few
     scattered tokens: the small shapes MAR at 4500 steps was judged 35% right in raster order, 20% in random
-    order, on 60 images; see issue 6)."""
+    order, on 60 images; trained 12000 steps longer, both orders judge 45%; see issue 6)."""
     if order == "random":
         return model.random_orders(batch_size, rng)
     dev = model.fake_latent.device

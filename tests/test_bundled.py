@@ -42,7 +42,7 @@ def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
     assert grid.size == (4 * 64 + 5 * 2, 3 * 64 + 4 * 2)
 
 
-# transformer passes: one per token (LlamaGen; MAR in its default raster order, num_iter 64), per scale
+# transformer passes: one per token (LlamaGen; MAR at its default num_iter 64), per scale
 # (VAR: 1, 2, 3, 4, 5, 6, 8; FlowAR: 1, 2, 4, 8)
 PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64}
 

@@ -16,6 +16,7 @@ from argen.tokenizers import VQTokenizer
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 from argen.train import TrainSettings, train_generator, train_tokenizer
 from argen.train.generator import generator_config, next_token_loss
+from argen.train.loop import RecentMeans
 from argen.train.tokenizer import tokenizer_config, vq_loss
 from argen.data import ShapesDataset
 
@@ -110,6 +111,13 @@ def test_training_writes_loadable_results(trained):
     pipe = argen.load(gen)
     assert pipe.class_names[6] == "star" and pipe.image_size == 16
     assert len(pipe.generate(["star", "ring"], seed=0)) == 2
+
+
+def test_final_losses_are_recent_means_not_one_batch():
+    recent = RecentMeans(window=3)
+    for step, loss in enumerate([9.0, 1.0, 2.0, 3.0]):
+        recent.add({"loss": loss, **({"restarted": 4} if step == 3 else {})})
+    assert recent.means() == {"loss": 2.0, "restarted": 4.0}  # the 9.0 left the window
 
 
 def test_resume_continues_step_count_and_optimizer_state(trained, tmp_path):

@@ -31,6 +31,7 @@ from argen.tokenizers.vq import VQTokenizer
 from argen.train.data import check_stride, make_dataset
 from argen.train.loop import (
     EMA,
+    RecentMeans,
     TrainSettings,
     load_checkpoint,
     lr_at,
@@ -212,7 +213,7 @@ def train_generator(
     loader = step_loader(dataset, settings, acc, start, infinite)
     defaults = dict(sample_defaults or {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0})
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="generator")
-    t0, logs = time.time(), {}
+    t0, logs, recent = time.time(), {}, RecentMeans()
     for step, (images, labels) in enumerate(loader, start=start):
         model.train()
         for group in opt.param_groups:
@@ -237,6 +238,7 @@ def train_generator(
         opt.step()
         ema.update(acc.unwrap_model(model))
         logs = {"loss": loss.item()}
+        recent.add(logs)
         bar.update(1)
         if step % settings.log_every == 0:
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
@@ -258,7 +260,7 @@ def train_generator(
         pipe = _pipeline(acc.unwrap_model(model), ema, tok, settings, defaults, class_names, out.name)
         pipe.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
-            "kind": "generator", "steps": settings.steps, "final_losses": logs,
+            "kind": "generator", "steps": settings.steps, "final_losses": recent.means(),
             "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
             "init_from": str(init_from) if init_from else None,

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -104,6 +105,21 @@ def step_loader(dataset: Dataset, settings: TrainSettings, acc, start_step: int,
         settings.seed,
     )
     return DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers)
+
+
+class RecentMeans:
+    """Mean of each logged value over the last ``window`` steps: what train.json reports as the final
+    losses (a single batch's MAR loss swings 0.03 .. 1.1 with the drawn diffusion timesteps)."""
+
+    def __init__(self, window: int = 100):
+        self.steps: deque[dict[str, float]] = deque(maxlen=window)
+
+    def add(self, logs: dict[str, float]) -> None:
+        self.steps.append(dict(logs))
+
+    def means(self) -> dict[str, float]:
+        keys = dict.fromkeys(k for logs in self.steps for k in logs)
+        return {k: sum(v) / len(v) for k in keys if (v := [float(s[k]) for s in self.steps if k in s])}
 
 
 def lr_at(step: int, settings: TrainSettings) -> float:

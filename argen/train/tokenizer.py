@@ -25,6 +25,7 @@ from argen.tokenizers.msvq import PATCH_NUMS_256, MultiScaleVQConfig, MultiScale
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 from argen.train.data import check_stride, make_dataset
 from argen.train.loop import (
+    RecentMeans,
     TrainSettings,
     load_checkpoint,
     lr_at,
@@ -198,7 +199,7 @@ def train_tokenizer(
     held_out = torch.stack([make_dataset(settings.data, settings.resolution, split="test")[0][i][0] for i in range(8)]) \
         if infinite else torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="tokenizer")
-    t0, logs, step = time.time(), {}, start
+    t0, logs, step, recent = time.time(), {}, start, RecentMeans()
     for step, (images, _) in enumerate(loader, start=start):
         model.train()
         for group in opt.param_groups:
@@ -225,6 +226,7 @@ def train_tokenizer(
             d_opt.step()
             logs["disc"] = d.item()
         logs["loss"] = loss.item()
+        recent.add(logs)
         bar.update(1)
         if step % settings.log_every == 0:
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
@@ -245,7 +247,7 @@ def train_tokenizer(
             final.config.scaling_factor = latent_scale(final, held_out, settings)
         final.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
-            "kind": "tokenizer", "steps": settings.steps, "final_losses": logs,
+            "kind": "tokenizer", "steps": settings.steps, "final_losses": recent.means(),
             "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "class_names": class_names, "num_processes": acc.num_processes,
         }, indent=2))
