@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def main() -> None:
         "images": len(classes),
         "seed": args.seed,
         "sampling": {**pipe.defaults, **opts},
-        "judge": args.judge or "assets/shapes-classifier",  # not the absolute path of this checkout
+        "judge": os.path.relpath(judge.info["folder"]),  # not the absolute path of this checkout
         "generation_s": round(t_gen, 1),
     }
     print(json.dumps(result, indent=2))
