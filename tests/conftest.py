@@ -1,4 +1,5 @@
-"""Shared test fixtures: the official reference data in ../shared/reference and tiny models."""
+"""Shared test fixtures: the official reference data (tests/reference, carried by the repository) and tiny
+models."""
 from __future__ import annotations
 
 import json
@@ -12,13 +13,13 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ARGEN_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "reference"
+# the repository's own copy; ARGEN_SHARED=/path/to/shared tests against another copy (e.g. a newer one)
+REFERENCE = Path(os.environ["ARGEN_SHARED"]) / "reference" if os.environ.get("ARGEN_SHARED") else REPO / "tests" / "reference"
 FIXTURES = REFERENCE / "fixtures"
 LAYOUTS = REFERENCE / "layouts"
 
 if not FIXTURES.is_dir():
-    raise RuntimeError(f"official reference data not found at {REFERENCE}; set ARGEN_SHARED to the shared/ folder")
+    raise RuntimeError(f"official reference data not found at {REFERENCE} (tests/reference, or $ARGEN_SHARED/reference)")
 
 
 def fixture_config(name: str, drop: tuple[str, ...] = ()) -> dict:

@@ -159,7 +159,7 @@ def _tiny_pipe(kind: str):
     if kind == "var":
         cfg = fixture_config("var_tiny")
         vae = load_var_vae(fixture_weights("var_tiny_vqvae"), **{k: v for k, v in cfg["vae"].items() if k != "image_size"})
-        gen = load_var(fixture_weights("var_tiny"), vae=vae, vocab_size=64, Cvae=8, drop_path_rate=0.0, **cfg["var"])
+        gen = load_var(fixture_weights("var_tiny"), vae=vae, drop_path_rate=0.0, **cfg["var"])
         return argen.ARPipeline(gen, vae), {"cfg_scale": 1.5, "top_k": 10}
     if kind == "mar":
         gen = MAR(MARConfig(**fixture_config("mar_tiny")))

@@ -1,5 +1,5 @@
 """FlowAR's transformer, flow head, flow ODE and sampler against the official fixture
-(../shared/reference/fixtures/flowar_tiny.*), the released layouts, and checkpoint loading."""
+(tests/reference/fixtures/flowar_tiny.*), the released layouts, and checkpoint loading."""
 import json
 from types import SimpleNamespace
 

@@ -1,5 +1,5 @@
 """MAR's transformer, diffusion head, diffusion chains and sampler against the official fixture
-(../shared/reference/fixtures/mar_tiny.*), plus sampler behaviour on the tiny model."""
+(tests/reference/fixtures/mar_tiny.*), plus sampler behaviour on the tiny model."""
 import math
 
 import numpy as np

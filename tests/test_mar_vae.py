@@ -1,4 +1,4 @@
-"""MAR's KL-16 VAE reproduces the official outputs (../shared/reference/fixtures/mar_vae_tiny), its
+"""MAR's KL-16 VAE reproduces the official outputs (tests/reference/fixtures/mar_vae_tiny), its
 released layout loads strictly, and the diffusers AutoencoderKL wrapper follows the same protocol."""
 import json
 

@@ -1,4 +1,4 @@
-"""argen's LlamaGen modules reproduce the official outputs recorded in ../shared/reference/fixtures."""
+"""argen's LlamaGen modules reproduce the official outputs recorded in tests/reference/fixtures."""
 import pytest
 import torch
 

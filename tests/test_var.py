@@ -1,5 +1,5 @@
 """VAR: the multi-scale VQ-VAE and the transformer reproduce the official outputs recorded in
-../shared/reference/fixtures (var_tiny, var_tiny_saln, var_tiny_vqvae); every released layout loads;
+tests/reference/fixtures (var_tiny, var_tiny_saln, var_tiny_vqvae); every released layout loads;
 the scale sampler's KV-cache inference equals teacher forcing; bad input gets clear errors."""
 import json
 
@@ -37,7 +37,7 @@ def vae():
 @pytest.fixture(scope="module", params=["var_tiny", "var_tiny_saln"])
 def var_case(request, vae):
     name = request.param
-    model = load_var(fixture_weights(name), vae=vae, vocab_size=64, Cvae=8, drop_path_rate=0.0, **_config(name)["var"])
+    model = load_var(fixture_weights(name), vae=vae, drop_path_rate=0.0, **_config(name)["var"])
     return name, model, fixture_io(name)
 
 
@@ -188,6 +188,20 @@ def test_bad_input(vae, var_case):
         vae.decode([torch.full((1, p, p), 64) for p in (1, 2, 3, 4)])
     with pytest.raises(ConfigError, match="codes 16x16 images"):
         vae.encode(torch.zeros(1, 3, 32, 32))
+
+
+def test_load_var_takes_vocab_cvae_and_scales_from_the_vae(vae):
+    """As the official build_vae_var: the VQ-VAE fixes V, Cvae (and the scales unless given); a contradicting
+    explicit value is an error naming both."""
+    args = {k: v for k, v in _config("var_tiny")["var"].items() if k != "patch_nums"}
+    model = load_var(fixture_weights("var_tiny"), vae=vae, **args)
+    assert (model.config.vocab_size, model.config.Cvae, model.config.patch_nums) == (64, 8, [1, 2, 3, 4])
+    with pytest.raises(ConfigError, match=r"vocab_size=4096 but the VQ-VAE has 64"):
+        load_var(fixture_weights("var_tiny"), vae=vae, vocab_size=4096, **args)
+    with pytest.raises(ConfigError, match=r"Cvae=32 but the VQ-VAE has 8"):
+        load_var(fixture_weights("var_tiny"), vae=vae, Cvae=32, **args)
+    with pytest.raises(ConfigError, match=r"patch_nums=\[1, 2, 4\] but the VQ-VAE has \[1, 2, 3, 4\]"):
+        load_var(fixture_weights("var_tiny"), vae=vae, patch_nums=[1, 2, 4], **args)
 
 
 @pytest.fixture(scope="module")

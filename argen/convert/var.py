@@ -59,12 +59,31 @@ def load_var(
     **var_args: Any,
 ) -> VAR:
     """Load an official VAR transformer (``var_d16.pth`` ...; preset "d16" ... "d36", or the official
-    VAR arguments). With ``vae`` the model is bound to it (and checked against it). Strict, eval mode."""
+    VAR arguments). With ``vae`` the model is bound to it: as the official ``build_vae_var``, the
+    vocabulary size and ``Cvae`` (and ``patch_nums`` unless the preset or the arguments set them) come
+    from the VQ-VAE; an explicit value that contradicts it is an error. Strict, eval mode."""
     if preset is None and "depth" not in var_args:
         raise ConfigError(f"load_var needs a preset ({', '.join(VAR_PRESETS)}) or the model arguments (depth, ...)")
+    if vae is not None:
+        var_args = {**_from_vae(vae, var_args, set_patch_nums="patch_nums" not in VAR_PRESETS.get(preset or "", {})), **var_args}
     cfg = VARConfig.preset(preset, **var_args)
     state, source = _state(checkpoint, "var_wo_ddp")
     model = VAR.from_config(cfg, device="meta")
     load_into(model, state, source=source)
     model = model.to(device=device, dtype=dtype).eval()
     return model.bind_tokenizer(vae) if vae is not None else model
+
+
+def _from_vae(vae: MultiScaleVQVAE, var_args: Mapping[str, Any], *, set_patch_nums: bool) -> dict[str, Any]:
+    """The VAR arguments a VQ-VAE fixes (vocab_size, Cvae, patch_nums); explicit ones must agree with it."""
+    vc = getattr(vae, "config", None)
+    if getattr(vae, "kind", None) != "multiscale" or vc is None:
+        raise ConfigError(f"VAR needs a multi-scale VQ-VAE, got {type(vae).__name__}")
+    fixed = {"vocab_size": vc.vocab_size, "Cvae": vc.z_channels}
+    if set_patch_nums:
+        fixed["patch_nums"] = list(vc.v_patch_nums)
+    clashes = [f"{k}={var_args[k]!r} but the VQ-VAE has {v!r}" for k, v in fixed.items()
+               if k in var_args and (list(var_args[k]) if k == "patch_nums" else var_args[k]) != v]
+    if clashes:
+        raise ConfigError("load_var arguments contradict the VQ-VAE: " + "; ".join(clashes))
+    return fixed
