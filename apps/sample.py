@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import argen
-    from argen.cli import parse_key_values
+    from argen.options import parse_key_values
     from argen.errors import ArgenError
     from argen.eval.sampling import class_labels, sample_to_npz
     from argen.train import TrainSettings

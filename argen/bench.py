@@ -30,7 +30,7 @@ from argen.errors import ConfigError
 
 def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
     """'sjd:window=8,init=random' -> ('sjd', {'window': 8, 'init': 'random'})."""
-    from argen.cli import parse_key_values
+    from argen.options import parse_key_values
     from argen.samplers import SAMPLERS
 
     name, _, rest = spec.partition(":")

@@ -8,14 +8,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from argen.errors import ArgenError, ConfigError
+from argen.options import parse_key_values
 from argen.nn.diffusion import NOISE_SCHEDULES
 from argen.samplers.mar import ORDERS as MAR_ORDERS
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
-IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i.py labels
 
 
 def _dtype(name: str | None):
@@ -26,21 +26,6 @@ def _dtype(name: str | None):
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return getattr(torch, DTYPES[name])
-
-
-def parse_key_values(items: Iterable[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` items (CLI flags, sampler specs); values are JSON when they parse as
-    JSON, else strings."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"option must be key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def _json_file(path: str | None) -> dict[str, Any]:
@@ -60,7 +45,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import argen
     from argen.images import make_grid
 
-    from argen.zoo import DEFAULT_MODEL
+    from argen.zoo import DEFAULT_MODEL, IMAGENET_DEMO_CLASSES
 
     pipe = argen.load(args.model or DEFAULT_MODEL, device=args.device, dtype=_dtype(args.dtype), checkpoint_dir=args.checkpoint_dir)
     classes = args.classes

@@ -158,7 +158,7 @@ def _count(value: Any, what: str, low: int) -> int:
 def _class_ids(pipe: Any, classes: Sequence[int | str] | None) -> list[int]:
     """Class ids from the selection (ids or names); no selection: a few classes to show."""
     if not classes:
-        from argen.cli import IMAGENET_DEMO_CLASSES
+        from argen.zoo import IMAGENET_DEMO_CLASSES
 
         n = pipe.generator.num_classes
         return list(IMAGENET_DEMO_CLASSES) if n == 1000 else list(range(min(n, 16)))
@@ -176,7 +176,7 @@ def _class_ids(pipe: Any, classes: Sequence[int | str] | None) -> list[int]:
 
 def _options(kind: str, sampler: str, cfg_scale, cfg_schedule, top_k, top_p, temperature, window, num_iter,
              diffusion_steps, num_steps, extra: str) -> dict[str, Any]:
-    from argen.cli import parse_key_values
+    from argen.options import parse_key_values
 
     given = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "num_iter": num_iter,
              "diffusion_steps": diffusion_steps, "num_steps": num_steps}
@@ -217,7 +217,7 @@ def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict
     samplers = info.samplers()
     sampler = sampler if sampler in samplers else samplers[0]
     if info.num_classes == 1000:
-        from argen.cli import IMAGENET_DEMO_CLASSES
+        from argen.zoo import IMAGENET_DEMO_CLASSES
 
         first = list(IMAGENET_DEMO_CLASSES[:4])
     else:

@@ -69,8 +69,8 @@ def imagenet_class_names() -> tuple[str, ...] | None:
 
 def folder_info(folder: str | os.PathLike, name: str | None = None, description: str = "") -> ModelInfo:
     """Info of a ``save_pretrained`` folder, read from its JSON files (no weights loaded)."""
-    import argen.generators  # noqa: F401  (registers the generator classes)
-    from argen.modeling import CONFIG_NAME, component_class, read_json
+    from argen.components import component_class
+    from argen.modeling import CONFIG_NAME, read_json
 
     folder = Path(folder)
     index = read_json(folder / INDEX_NAME, f"{folder} is not an argen pretrained folder (no {INDEX_NAME})")

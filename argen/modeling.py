@@ -34,10 +34,9 @@ def register(name: str):
     return deco
 
 
-def component_class(name: str) -> type["Pretrained"]:
-    import argen.generators  # noqa: F401  (importing them registers every component class)
-    import argen.tokenizers  # noqa: F401
-
+def registered_class(name: str) -> type["Pretrained"]:
+    """The class registered as ``name``. Only imported modules have registered: load folders of any
+    class through :func:`argen.components.load_component`, which imports them all."""
     if name not in _REGISTRY:
         raise CheckpointError(f"unknown component class {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -125,7 +124,7 @@ class Pretrained(nn.Module):
 
         directory = Path(directory)
         raw = read_json(directory / CONFIG_NAME, f"{directory} is not a pretrained argen component: no {CONFIG_NAME}")
-        klass = component_class(raw.pop("_class", cls.registry_name))
+        klass = registered_class(raw.pop("_class", cls.registry_name))
         if cls.registry_name and not issubclass(klass, cls):
             raise CheckpointError(f"{directory} holds a {klass.registry_name!r}, not a {cls.registry_name!r}")
         model = klass.from_config(build_config(klass.config_class, {}, None, raw, klass.__name__), device="meta")

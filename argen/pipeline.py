@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from argen import __version__
+from argen.version import __version__
 from argen.errors import ConfigError
 from argen.images import to_pil
+from argen.components import load_component
 from argen.modeling import Pretrained, read_json
 from argen.tokenizers.loading import load_tokenizer
 
@@ -179,7 +180,7 @@ class ARPipeline:
     ) -> "ARPipeline":
         directory = Path(directory)
         index = read_json(directory / INDEX_NAME, f"{directory} is not an argen pretrained folder (no {INDEX_NAME})")
-        gen = Pretrained.from_pretrained(directory / index.get("generator", "generator"), device=device, dtype=dtype)
+        gen = load_component(directory / index.get("generator", "generator"), device=device, dtype=dtype)
         tok = load_tokenizer(directory / index.get("tokenizer", "tokenizer"), device=device)
         return cls(
             gen,

@@ -15,6 +15,7 @@ from argen.hub import resolve_file
 from argen.pipeline import INDEX_NAME, ARPipeline
 
 LLAMAGEN_REPO = "FoundationVision/LlamaGen"
+IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i.py labels: the default classes
 # official demo defaults (sample_c2i.py); the FID protocol uses cfg 2.0 (B, L), 1.75 (XL, XXL), 1.65 (3B), top_k 0
 LLAMAGEN_DEMO = {"cfg_scale": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0}
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import argen
-from argen.cli import parse_key_values
+from argen.options import parse_key_values
 
 CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]
 

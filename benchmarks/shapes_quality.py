@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 import argen
-from argen.cli import parse_key_values
+from argen.options import parse_key_values
 from argen.data import SHAPE_NAMES, ShapesDataset
 from argen.eval.shapes import batch, load_judge
-from argen.modeling import Pretrained
+from argen.components import load_component
 
 
 def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def main() -> None:
     opts = parse_key_values(args.option)
 
     if args.reconstruct and not (Path(args.model) / "model_index.json").is_file():
-        tokenizer, resolution = Pretrained.from_pretrained(args.model), 64  # a tokenizer folder
+        tokenizer, resolution = load_component(args.model), 64  # a tokenizer folder
     else:
         pipe = argen.load(args.model)
         tokenizer, resolution = pipe.tokenizer, pipe.image_size

@@ -57,7 +57,7 @@ def _default_out(args: argparse.Namespace) -> Path:
 
 
 def _shapes(args: argparse.Namespace) -> dict:
-    from argen.cli import parse_key_values
+    from argen.options import parse_key_values
     from argen.errors import ConfigError
     from argen.eval.batches import open_images, read_all
     from argen.eval.shapes import evaluate_model, load_judge

@@ -132,7 +132,7 @@ def evaluate(
 ) -> dict:
     """All five metrics that the inputs allow (the others are None, with the reason in ``missing``)
     and the ``protocol``: network, weights hash, resize, sample count, reference file."""
-    from argen import __version__
+    from argen.version import __version__
 
     source = open_images(samples)
     ref = load_reference(reference) if reference is not None and not isinstance(reference, Reference) else reference

@@ -74,7 +74,7 @@ def sample_to_npz(
     import torch
     from tqdm import tqdm
 
-    from argen import __version__
+    from argen.version import __version__
     from argen.images import to_uint8
 
     if batch_size < 1:
