@@ -78,18 +78,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.greedy:
         opts["greedy"] = True
     opts.update(parse_key_values(args.option))
-    images = pipe.generate(
-        ids, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size, progress=not args.quiet, **opts
-    )
+    if args.grid_max < 1:
+        raise ConfigError(f"--grid-max must be >= 1, got {args.grid_max}")
+    folder = Path(args.save_images) if args.save_images else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    digits = max(4, len(str(len(ids) - 1)))
+    shown = []  # the grid's images: the first --grid-max, so a request of any size runs in bounded memory
+    for batch in pipe.generate_batches(ids, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size,
+                                       progress=not args.quiet, **opts):
+        for i, (c, im) in enumerate(zip(batch.classes, batch.images), start=batch.start):
+            if folder is not None:
+                im.save(folder / f"{i:0{digits}d}_class{c}.png")
+            if len(shown) < args.grid_max:
+                shown.append(im)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, ncols=args.ncols or (args.per_class if args.per_class > 1 else None)).save(out)
-    if args.save_images:
-        folder = Path(args.save_images)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, (c, im) in enumerate(zip(ids, images)):
-            im.save(folder / f"{i:04d}_class{c}.png")
-    report = {"grid": str(out), "images": len(images), "classes": ids, **pipe.last_stats.as_dict()}
+    make_grid(shown, ncols=args.ncols or (args.per_class if 1 < args.per_class <= len(shown) else None)).save(out)
+    if len(shown) < len(ids):
+        where = f"all {len(ids)} are in {folder}" if folder else "use --save-images DIR to keep every image"
+        print(f"argen: note: the grid {out} shows the first {len(shown)} of {len(ids)} images ({where}; "
+              "--grid-max sets the cap)", file=sys.stderr)
+    report = {"grid": str(out), "grid_images": len(shown), "images": len(ids), "saved_to": str(folder) if folder else None,
+              "classes": list(dict.fromkeys(ids)), "per_class": args.per_class, **pipe.last_stats.as_dict()}
     print(json.dumps(report))
     return 0
 
@@ -347,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float)
     g.add_argument("--greedy", action="store_true")
     g.add_argument("--option", "-o", action="append", help="sampler option key=value (repeatable)")
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="images per batch (default: 16 on a CPU, 64 on a GPU); a request "
+                   "of any size runs batch by batch")
     g.add_argument("--out", default="argen_samples.png", help="grid PNG path")
-    g.add_argument("--save-images", metavar="DIR", help="also write each image as a PNG")
+    g.add_argument("--grid-max", type=int, default=64, help="images shown in the grid at most (the first ones)")
+    g.add_argument("--save-images", metavar="DIR", help="also write each image as a PNG, batch by batch as they finish")
     g.add_argument("--ncols", type=int)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", help="float32 (default), bfloat16, float16")

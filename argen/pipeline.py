@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from argen.version import __version__
 from argen.errors import ConfigError
@@ -22,6 +25,41 @@ from argen.modeling import Pretrained, read_json
 from argen.tokenizers.loading import load_tokenizer
 
 INDEX_NAME = "model_index.json"
+# images per batch when the caller gives none: what a small model's CFG batch and its KV cache need
+# is far below a device's memory at these sizes, and larger batches gain little throughput on a CPU
+DEFAULT_BATCH_SIZES = {"cpu": 16, "cuda": 64, "mps": 16}
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """Images per batch on ``device`` when the caller gives no ``batch_size``."""
+    return DEFAULT_BATCH_SIZES.get(torch.device(device).type, 16)
+
+
+@dataclass
+class GeneratedBatch:
+    """One finished batch of a request: its images' position in the request, classes, codes and
+    images (PIL list, tensor in [-1, 1], or None for output_type 'codes')."""
+
+    start: int
+    classes: list[int]
+    codes: torch.Tensor
+    images: list[Image.Image] | torch.Tensor | None
+
+
+@contextmanager
+def _fits_in_memory(rows: int, device: torch.device) -> Iterator[None]:
+    """A batch that the device cannot hold becomes one clear error naming the way out."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in text and "out of memory" not in text:
+            raise
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise ConfigError(f"a batch of {rows} images does not fit in {torch.device(device).type} memory ({first}); "
+                          "use a smaller batch_size (CLI: --batch-size)") from None
 
 
 class ARPipeline:
@@ -95,41 +133,91 @@ class ARPipeline:
         batch_size: int | None = None,
         output_type: str = "pil",
         progress: bool = False,
+        first_index: int = 0,
         **options: Any,
     ) -> list[Image.Image] | torch.Tensor:
         """Generate one image per entry of ``classes``. Sampling options (cfg_scale, cfg_interval,
         temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card.
-        ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'."""
+        ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'. The request runs in
+        batches of ``batch_size`` (default :func:`default_batch_size` of the device); for requests too
+        big to hold in memory use :meth:`generate_batches`, which yields them as they finish. Seeding
+        and batch size: see :meth:`generate_batches`."""
+        batches = list(self.generate_batches(classes, seed=seed, sampler=sampler, batch_size=batch_size,
+                                             output_type=output_type, progress=progress, first_index=first_index,
+                                             **options))
+        self.last_codes = torch.cat([b.codes for b in batches])
+        if output_type == "codes":
+            return self.last_codes
+        if output_type == "pt":
+            return torch.cat([b.images for b in batches])
+        return [im for b in batches for im in b.images]
+
+    def generate_batches(
+        self,
+        classes: Sequence[int | str] | int | str,
+        *,
+        seed: int | None = None,
+        sampler: str = "ar",
+        batch_size: int | None = None,
+        output_type: str = "pil",
+        progress: bool = False,
+        first_index: int = 0,
+        **options: Any,
+    ) -> Iterator[GeneratedBatch]:
+        """:meth:`generate`, one :class:`GeneratedBatch` at a time (sampled, decoded, then yielded), so
+        any number of images streams through bounded memory; ``last_stats`` holds the request so far.
+
+        Seeding: image i of a request (``first_index + i`` globally) is drawn from its own stream,
+        seeded from (seed, its index), by the samplers that take per-image streams
+        (:func:`argen.samplers.takes_row_streams`: ``ar`` on token- and scale-wise models): the same
+        seed gives the same images whatever the batch size, and a request split over several calls
+        (``first_index``) or processes gives what one call gives. The other samplers (``sjd``, MAR's and
+        FlowAR's ``ar``) draw a batch from one stream, seeded from (seed, index of its first image):
+        there the images depend on the batch size, and are the same for the same seed and batch size.
+        """
         from argen import samplers
 
         if output_type not in ("pil", "pt", "codes"):
             raise ConfigError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
         ids = self.resolve_classes(classes)
-        opts = {**self.defaults, **options}
-        batch_size = batch_size or len(ids) or 1
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        rng, used_seed = samplers.make_rng(seed, self.device)
-        codes, stats = [], None
-        for i in range(0, len(ids), batch_size):
-            c, s = samplers.sample(
-                self.generator, ids[i : i + batch_size], sampler=sampler, generator=rng, progress=progress, **opts
-            )
-            codes.append(c)
-            stats = s if stats is None else stats.merge(s)
-        if not codes:
+        if not ids:
             raise ConfigError("no classes given: nothing to generate")
-        stats.seed = used_seed
-        self.last_stats = stats
-        all_codes = self.last_codes = torch.cat(codes)
-        if output_type == "codes":
-            return all_codes
-        if stats.latents is not None:  # the sampler's image is not a function of its codes (more_smooth)
+        if batch_size is None:
+            batch_size = default_batch_size(self.device)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+            raise ConfigError(f"first_index must be an integer >= 0, got {first_index!r}")
+        opts = {**self.defaults, **options}
+        used_seed = samplers.check_seed(seed)
+        per_image = samplers.takes_row_streams(sampler, self.generator)
+        several = len(ids) > batch_size
+        self.last_stats = None
+        with tqdm(total=len(ids), desc="generating", unit="img", disable=not (progress and several)) as bar:
+            for start in range(0, len(ids), batch_size):
+                chunk = ids[start : start + batch_size]
+                index = first_index + start
+                if per_image:
+                    rng = samplers.RowStreams.from_seed(used_seed, index, len(chunk), self.device)
+                else:
+                    rng = torch.Generator(device=self.device).manual_seed(samplers.derive_seed(used_seed, index))
+                with _fits_in_memory(len(chunk), self.device):
+                    codes, stats = samplers.sample(self.generator, chunk, sampler=sampler, generator=rng,
+                                                   progress=progress and not several, **opts)
+                    images = None if output_type == "codes" else self._images(codes, stats.latents)
+                stats.seed = used_seed
+                self.last_stats = stats if self.last_stats is None else self.last_stats.merge(stats)
+                self.last_codes = codes
+                bar.update(len(chunk))
+                if output_type == "pil":
+                    images = to_pil(images)
+                yield GeneratedBatch(start, chunk, codes, images)
+
+    def _images(self, codes: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
+        if latents is not None:  # the sampler's image is not a function of its codes (more_smooth)
             with torch.inference_mode():
-                images = self.tokenizer.decode_latents(stats.latents.to(self.tokenizer_device)).clamp(-1, 1)
-        else:
-            images = self.decode(all_codes)
-        return images if output_type == "pt" else to_pil(images)
+                return self.tokenizer.decode_latents(latents.to(self.tokenizer_device)).clamp(-1, 1)
+        return self.decode(codes)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:

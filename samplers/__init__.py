@@ -9,7 +9,6 @@ top-k, top-p) lives once in :mod:`argen.samplers.logits`.
 from __future__ import annotations
 
 import inspect
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -20,6 +19,7 @@ from argen.samplers.ar import sample_ar
 from argen.samplers.flowar import sample_flowar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
 from argen.samplers.mar import sample_mar
+from argen.samplers.rng import RowStreams, check_seed, derive_seed, make_rng
 from argen.samplers.scales import sample_scales
 from argen.samplers.sjd import sample_sjd
 from argen.samplers.stats import SamplerStats
@@ -29,6 +29,9 @@ from argen.samplers.stats import SamplerStats
 class SamplerSpec:
     fns: dict[str, Callable[..., tuple[torch.Tensor, SamplerStats]]]  # generator kind -> implementation
     description: str
+    # kinds whose implementation takes per-image streams (argen.samplers.rng.RowStreams): an image then
+    # does not depend on the other images of its batch
+    row_streams: frozenset[str] = frozenset()
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -40,6 +43,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         {"token": sample_ar, "scale": sample_scales, "continuous": sample_mar, "flow-scale": sample_flowar},
         "plain autoregressive decoding: token by token or scale by scale with a KV cache, or MAR's masked "
         "iterations with a diffusion head per token",
+        row_streams=frozenset({"token", "scale"}),
     ),
     "sjd": SamplerSpec(
         {"token": sample_sjd},
@@ -50,25 +54,26 @@ SAMPLERS: dict[str, SamplerSpec] = {
 _COMMON = {"progress", "callback", "callback_every"}
 
 
-def register_sampler(name: str, fn: Callable, kinds: Sequence[str], description: str = "") -> None:
-    """Register ``fn`` as sampler ``name`` for the given generator kinds (adds to an existing name)."""
+def register_sampler(
+    name: str, fn: Callable, kinds: Sequence[str], description: str = "", *, row_streams: bool = False
+) -> None:
+    """Register ``fn`` as sampler ``name`` for the given generator kinds (adds to an existing name).
+    ``row_streams``: ``fn`` draws only through :mod:`argen.samplers.rng`, so it takes per-image streams."""
     old = SAMPLERS.get(name)
     fns = {**(old.fns if old else {}), **{k: fn for k in kinds}}
-    SAMPLERS[name] = SamplerSpec(fns, description or (old.description if old else ""))
+    rows = (old.row_streams - set(kinds) if old else frozenset()) | (frozenset(kinds) if row_streams else frozenset())
+    SAMPLERS[name] = SamplerSpec(fns, description or (old.description if old else ""), frozenset(rows))
+
+
+def takes_row_streams(sampler: str, model: Any) -> bool:
+    """Whether ``sampler`` gives ``model``'s images independently of their batch (per-image streams)."""
+    spec = SAMPLERS.get(sampler)
+    return spec is not None and getattr(model, "kind", None) in spec.row_streams
 
 
 def samplers_for(model: Any) -> list[str]:
     """Names of the samplers that can drive ``model``."""
     return [n for n, s in SAMPLERS.items() if getattr(model, "kind", None) in s.kinds]
-
-
-def make_rng(seed: int | None, device: torch.device | str) -> tuple[torch.Generator, int]:
-    """A generator on ``device`` seeded with ``seed`` (a fresh random seed, recorded, when None)."""
-    if seed is None:
-        seed = secrets.randbits(63)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return torch.Generator(device=device).manual_seed(seed), seed
 
 
 def sample(
@@ -85,14 +90,16 @@ def sample(
     *,
     cfg_schedule: str | None = None,
     top_p_rule: str | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowStreams | None = None,
     **sampler_options: Any,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample codes for ``classes`` (a list/tensor of class ids, or t2i caption features).
 
     Returns (codes, stats): codes (B, N) int64 (scale-wise models: all scales, flat, in scale order;
     continuous-token models: tokens (B, N, C) float).
-    ``generator`` overrides ``seed``. ``cfg_schedule`` / ``top_p_rule`` default to the model's own
+    ``generator`` overrides ``seed``: one ``torch.Generator`` for the batch, or a
+    :class:`~argen.samplers.rng.RowStreams` (one per image) where the sampler takes them
+    (:func:`takes_row_streams`). ``cfg_schedule`` / ``top_p_rule`` default to the model's own
     conventions (``model.sampling_conventions``; LlamaGen: constant / hf, VAR: var / var).
     """
     if sampler not in SAMPLERS:
@@ -116,6 +123,11 @@ def sample(
     cond = model.check_condition(classes)
     if cond.shape[0] == 0:
         raise ConfigError("no classes given: nothing to generate")
+    if isinstance(generator, RowStreams):
+        if kind not in spec.row_streams:
+            raise ConfigError(f"sampler {sampler!r} draws a {kind!r} model's batch from one random stream: "
+                              "pass one torch.Generator, not per-image streams")
+        generator.check_rows(cond.shape[0])
     device = next(model.parameters()).device
     used_seed = None
     if generator is None:
@@ -128,15 +140,19 @@ def sample(
 
 __all__ = [
     "SAMPLERS",
+    "RowStreams",
     "SamplerSpec",
     "SamplerStats",
     "SamplingOptions",
     "draw",
     "guide",
+    "check_seed",
+    "derive_seed",
     "make_rng",
     "process_logits",
     "register_sampler",
     "sample",
     "samplers_for",
+    "takes_row_streams",
     "token_probs",
 ]

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from argen.errors import ConfigError
+from argen.samplers.rng import Rng, multinomial
 
 CFG_SCHEDULES = ("constant", "linear", "var")
 TOP_P_RULES = ("hf", "var")
@@ -172,11 +173,10 @@ def target_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     return token_probs(logits, opts)
 
 
-def draw(logits: torch.Tensor, opts: SamplingOptions, rng: torch.Generator | None) -> torch.Tensor:
-    """One token per row of ``logits`` (..., V) -> ids (...) int64."""
-    flat = logits.reshape(-1, logits.shape[-1])
+def draw(logits: torch.Tensor, opts: SamplingOptions, rng: Rng) -> torch.Tensor:
+    """One token per row of ``logits`` (..., V) -> ids (...) int64 (per-image streams: see
+    :mod:`argen.samplers.rng`)."""
     if opts.is_greedy:
-        ids = flat.argmax(dim=-1)
-    else:
-        ids = torch.multinomial(token_probs(flat, opts), 1, generator=rng).squeeze(-1)
-    return ids.view(logits.shape[:-1])
+        return logits.argmax(dim=-1)
+    flat = logits.reshape(-1, logits.shape[-1])
+    return multinomial(token_probs(flat, opts).view(logits.shape), rng)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from argen.samplers.ar import StepCallback
 from argen.samplers.logits import SamplingOptions, draw, process_logits, split_guided
+from argen.samplers.rng import Rng, exponential_like
 from argen.samplers.stats import SamplerStats
 
 
@@ -22,7 +23,7 @@ def sample_scales(
     model,
     cond: torch.Tensor,
     opts: SamplingOptions,
-    rng: torch.Generator | None,
+    rng: Rng,
     *,
     more_smooth: bool = False,
     progress: bool = False,
@@ -59,7 +60,7 @@ def sample_scales(
             pn = patch_nums[si]
             ratio = si / max(n_scales - 1, 1)
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # MaskGIT-style annealing, as the official
-            gumbel = -torch.empty_like(logits).exponential_(generator=rng).log()
+            gumbel = -exponential_like(logits, rng).log()
             soft = ((process_logits(logits, opts) * (1 + ratio) + gumbel) / tau).softmax(dim=-1)
             h = (soft @ quant.embedding.weight).transpose(1, 2).reshape(b, -1, pn, pn)
             f_hat, nxt = quant.next_input(si, f_hat, h)

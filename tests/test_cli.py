@@ -32,7 +32,7 @@ def test_convert_then_generate_end_to_end(converted, tmp_path):
                 "--out", tmp_path / "grid.png", "--save-images", tmp_path / "singles", "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    assert report["images"] == 4 and report["classes"] == [1, 1, 2, 2] and report["seed"] == 0
+    assert report["images"] == 4 and report["classes"] == [1, 2] and report["per_class"] == 2 and report["seed"] == 0
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
     singles = sorted(p.name for p in (tmp_path / "singles").iterdir())
@@ -42,6 +42,27 @@ def test_convert_then_generate_end_to_end(converted, tmp_path):
                  "--cfg", "4", "--top-k", "8", "--top-p", "0.9", "--out", tmp_path / "grid2.png", "-q")
     assert r2.returncode == 0
     assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "grid2.png").read_bytes()
+
+
+def test_generate_streams_a_multi_batch_request_and_caps_the_grid(converted, tmp_path):
+    r = run_cli("generate", "--model", converted, "--classes", "1", "2", "3", "-n", "5", "--batch-size", "4",
+                "--grid-max", "6", "--out", tmp_path / "grid.png", "--save-images", tmp_path / "all", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["images"] == 15 and report["grid_images"] == 6 and report["batches"] == 4
+    assert "shows the first 6 of 15 images (all 15 are in" in r.stderr
+    assert len(list((tmp_path / "all").iterdir())) == 15 and Image.open(tmp_path / "grid.png").size == (5 * 18 + 2, 2 * 18 + 2)
+
+
+def test_generate_a_batch_that_cannot_fit_is_one_line(converted, tmp_path):
+    """A real allocation failure (the address space capped at 6 GB; the KV cache of 200000 CFG pairs needs 6.5 GB)."""
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
+            "from argen.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-c", code, "generate", "--model", str(converted), "--classes", "1", "-n", "200000",
+                        "--batch-size", "200000", "--out", str(tmp_path / "g.png"), "-q"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "a batch of 200000 images does not fit in cpu memory" in r.stderr
 
 
 def test_models_lists_the_zoo(capsys):

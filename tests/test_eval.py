@@ -357,11 +357,12 @@ def test_shapes_score_of_the_bundled_model(tmp_path):
 
 
 # -- distributed sampling -----------------------------------------------------------------------
-def test_shard_seeds_are_distinct_and_stable():
-    from argen.eval.sampling import class_labels, shard_seed
+def test_derived_seeds_are_distinct_and_stable():
+    from argen.eval.sampling import class_labels
+    from argen.samplers import derive_seed
 
-    seeds = {shard_seed(s, i) for s in range(4) for i in range(0, 4000, 2)}
-    assert len(seeds) == 8000 and shard_seed(0, 6) == shard_seed(0, 6) and max(seeds) < 2**63
+    seeds = {derive_seed(s, i) for s in range(4) for i in range(0, 4000, 2)}
+    assert len(seeds) == 8000 and derive_seed(0, 6) == derive_seed(0, 6) and max(seeds) < 2**63
     np.testing.assert_array_equal(class_labels([3, 5], 2), [3, 3, 5, 5])
 
 

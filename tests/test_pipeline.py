@@ -31,6 +31,60 @@ def test_same_seed_same_images_and_batching_is_deterministic(tiny_pipe):
     assert torch.equal(d, e) and tiny_pipe.last_stats.batches == 2 and tiny_pipe.last_stats.tokens_per_pass == 1.0
 
 
+def test_big_requests_stream_in_batches_and_images_do_not_depend_on_the_batch_size(tiny_pipe):
+    ids = [1, 2, 3, 4, 5, 6, 7]
+    whole = tiny_pipe.generate(ids, seed=3, batch_size=7, output_type="codes")
+    for bs in (1, 3):
+        assert torch.equal(tiny_pipe.generate(ids, seed=3, batch_size=bs, output_type="codes"), whole)
+    assert tiny_pipe.last_stats.batches == 3 and tiny_pipe.last_stats.batch_size == 7
+    # a request split over calls (or processes) with first_index draws what one call draws
+    tail = tiny_pipe.generate(ids[4:], seed=3, first_index=4, output_type="codes")
+    assert torch.equal(tail, whole[4:]) and not torch.equal(tail, whole[:3])
+    # batch by batch: decoded as they finish, positions in the request, one merged stats
+    batches = list(tiny_pipe.generate_batches(ids, seed=3, batch_size=3, output_type="pt"))
+    assert [(b.start, b.classes, b.images.shape[0]) for b in batches] == [(0, [1, 2, 3], 3), (3, [4, 5, 6], 3), (6, [7], 1)]
+    torch.testing.assert_close(torch.cat([b.images for b in batches]), tiny_pipe.decode(whole))
+    assert tiny_pipe.last_stats.batches == 3 and tiny_pipe.last_stats.seed == 3
+
+
+def test_batch_size_default_and_bad_values(tiny_pipe):
+    from argen.pipeline import default_batch_size
+
+    assert default_batch_size("cpu") == 16 and default_batch_size("cuda") == 64
+    tiny_pipe.generate(list(range(10)) * 2, seed=0, output_type="codes")
+    assert tiny_pipe.last_stats.batches == 2  # 20 images at the CPU's default of 16
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+            tiny_pipe.generate([1], batch_size=bad)
+    with pytest.raises(ConfigError, match="first_index must be an integer >= 0"):
+        tiny_pipe.generate([1], first_index=-1)
+
+
+def test_batch_samplers_are_reproducible_per_batch_size(tiny_pipe):
+    """SJD draws a batch from one stream (seeded from the seed and the batch's first index)."""
+    a = tiny_pipe.generate([1, 2, 3], seed=2, sampler="sjd", batch_size=2, output_type="codes")
+    assert torch.equal(a, tiny_pipe.generate([1, 2, 3], seed=2, sampler="sjd", batch_size=2, output_type="codes"))
+    from argen import samplers
+
+    with pytest.raises(ConfigError, match="draws a 'token' model's batch from one random stream"):
+        samplers.sample(tiny_pipe.generator, [1, 2], sampler="sjd", generator=samplers.RowStreams.from_seed(0, 0, 2, "cpu"))
+    with pytest.raises(ConfigError, match="3 random streams for a batch of 2 rows"):
+        samplers.sample(tiny_pipe.generator, [1, 2], generator=samplers.RowStreams.from_seed(0, 0, 3, "cpu"))
+
+
+def test_a_batch_too_big_for_memory_is_a_clear_error(tiny_pipe, monkeypatch):
+    from argen import samplers
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 85899345920 bytes.\nmore lines")
+
+    monkeypatch.setattr(samplers, "sample", no_memory)
+    with pytest.raises(ConfigError, match=r"^a batch of 2 images does not fit in cpu memory \(\[enforce fail.*"
+                                          r"85899345920 bytes.\); use a smaller batch_size \(CLI: --batch-size\)$"):
+        tiny_pipe.generate([1, 2])
+
+
 def test_generation_equals_sampler_plus_decode(tiny_pipe, gpt_io):
     codes = tiny_pipe.generate(gpt_io["labels"].tolist(), greedy=True, output_type="codes")
     assert torch.equal(codes, gpt_io["gen_greedy_cfg4"].long())  # pipeline defaults: cfg 4

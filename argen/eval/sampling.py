@@ -1,13 +1,13 @@
 """Sampling a model to an ADM sample batch on any number of processes (accelerate / torchrun).
 
-The images are cut into shards of ``batch_size`` consecutive global indices; the shard that starts
-at index i is generated in one batch seeded from (seed, i), and process r of w takes shards r, r + w,
-... So the output depends on (model, options, seed, batch size) and never on the number of
+The images are cut into shards of ``batch_size`` consecutive global indices, and process r of w
+takes shards r, r + w, ... Each image is drawn from its own stream seeded from (seed, its global
+index) where the sampler takes per-image streams (``ar`` on token- and scale-wise models: the output
+then depends on (model, options, seed) only); the other samplers draw the shard that starts at index i
+from one stream seeded from (seed, i), so there the batch size matters too. Never the number of
 processes (bit for bit given the same number of CPU threads per process: on the CPU the float
-round-off, and so now and then a decoded pixel, depends on it); with ``batch_size=1`` every image
-is seeded from (seed, its index). (The samplers draw a
-batch from one random stream, so per-image streams inside one batch are not possible.) Finished
-shards are files, so an interrupted run resumes where it stopped. Labels follow the VAR/MAR
+round-off, and so now and then a decoded pixel, depends on it). Finished shards are files, so an
+interrupted run resumes where it stopped. Labels follow the VAR/MAR
 protocol: ``per_class`` images of each class, class-major.
 
     sample_to_npz(pipe, "out/run", classes=range(1000), per_class=50, seed=0, cfg_scale=1.5)
@@ -26,11 +26,6 @@ from argen.eval.batches import pack_npz, save_pngs
 
 SAMPLES_NAME, META_NAME, SHARDS_DIR, PNG_DIR = "samples.npz", "meta.json", "shards", "png"
 QUANTISATION = "uint8 = floor((x + 1) / 2 * 255 + 0.5), i.e. DiT's clamp(127.5 x + 128) (argen.images.to_uint8)"
-
-
-def shard_seed(seed: int, index: int) -> int:
-    """A 63-bit seed from (global seed, first image index), well mixed so nearby pairs do not collide."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def class_labels(classes: Iterable[int], per_class: int) -> np.ndarray:
@@ -90,7 +85,7 @@ def sample_to_npz(
                      "seed": seed, "batch_size": batch_size, "labels_sha": _labels_digest(labels),
                      "image_size": pipe.image_size},
         "images": int(len(labels)),
-        "seeding": "shard of batch_size consecutive indices starting at i: seed argen.eval.sampling.shard_seed(seed, i)",
+        "seeding": "image i: argen.samplers.derive_seed(seed, i) where the sampler takes per-image streams, else the shard starting at i: derive_seed(seed, i)",
         "quantisation": QUANTISATION,
         "argen": __version__,
     }
@@ -110,7 +105,7 @@ def sample_to_npz(
         for s in todo:
             ids = labels[s : s + batch_size]
             with torch.inference_mode():
-                images = pipe.generate(ids.tolist(), seed=shard_seed(seed, s), sampler=sampler, output_type="pt",
+                images = pipe.generate(ids.tolist(), seed=seed, first_index=s, sampler=sampler, output_type="pt",
                                        batch_size=len(ids), **options)
             arr = to_uint8(images).numpy()
             if png:
