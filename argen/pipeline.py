@@ -130,21 +130,16 @@ class ARPipeline:
         *,
         seed: int | None = None,
         sampler: str = "ar",
-        batch_size: int | None = None,
         output_type: str = "pil",
-        progress: bool = False,
-        first_index: int = 0,
         **options: Any,
     ) -> list[Image.Image] | torch.Tensor:
         """Generate one image per entry of ``classes``. Sampling options (cfg_scale, cfg_interval,
         temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card.
         ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'. The request runs in
-        batches of ``batch_size`` (default :func:`default_batch_size` of the device); for requests too
-        big to hold in memory use :meth:`generate_batches`, which yields them as they finish. Seeding
-        and batch size: see :meth:`generate_batches`."""
-        batches = list(self.generate_batches(classes, seed=seed, sampler=sampler, batch_size=batch_size,
-                                             output_type=output_type, progress=progress, first_index=first_index,
-                                             **options))
+        batches of ``batch_size`` (default :func:`default_batch_size` of the device); ``progress``,
+        ``first_index`` and how seeds and batch sizes relate: see :meth:`generate_batches`, which
+        yields the batches as they finish, for requests too big to hold in memory."""
+        batches = list(self.generate_batches(classes, seed=seed, sampler=sampler, output_type=output_type, **options))
         self.last_codes = torch.cat([b.codes for b in batches])
         if output_type == "codes":
             return self.last_codes
