@@ -242,7 +242,7 @@ def _settings(args: argparse.Namespace):
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
         mixed_precision=args.mixed_precision, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, num_workers=args.num_workers, resume=args.resume,
-        progress=not args.quiet,
+        progress=not args.quiet, hflip=args.hflip, random_crop=args.random_crop,
     )
 
 
@@ -329,6 +329,14 @@ def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False,
+                   help="image folders: mirror half of the training images (default: off; a mirrored letter, digit, "
+                        "logo or text is another image: turn on for ImageNet-like photos)")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--random-crop", dest="random_crop", action="store_true", default=False,
+                      help="image folders: a random square of each resized image (default: the centre, --center-crop)")
+    crop.add_argument("--center-crop", dest="random_crop", action="store_false",
+                      help="image folders: the centre square of each resized image (the default)")
     p.add_argument("--quiet", "-q", action="store_true")
 
 

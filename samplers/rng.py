@@ -8,10 +8,10 @@ the batch size or its place in a request. Samplers that draw only through the fu
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Sequence, Union
 
-import numpy as np
 import torch
 
 from argen.errors import ConfigError
@@ -41,10 +41,12 @@ class RowStreams:
 Rng = Union[torch.Generator, RowStreams, None]
 
 
-def derive_seed(seed: int, index: int) -> int:
-    """A 63-bit seed from (request seed, image or shard index), well mixed so that nearby pairs do not
-    collide or correlate (numpy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def derive_seed(seed: int, *where: int | str) -> int:
+    """A 63-bit seed (what ``torch.manual_seed`` takes) from a seed and a place: an image's or shard's
+    index in a request, or a training run's ``"step", step, rank``. A hash, so nearby places neither
+    collide nor correlate, and a draw depends on its place only, never on what ran before it."""
+    digest = hashlib.blake2b(repr((int(seed), *where)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def make_rng(seed: int | None, device: torch.device | str) -> tuple[torch.Generator, int]:

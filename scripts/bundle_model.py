@@ -59,7 +59,14 @@ def stage(info: dict, label: str) -> dict:
     """One training run as the card's table shows it."""
     return {"stage": label, "steps": info["steps"], "batch_size": info["settings"]["batch_size"],
             "seed": info["settings"].get("seed", 0), "final_losses": info["final_losses"],
-            "train_time_s": info["train_time_s"], "ema_decay": info.get("ema_decay")}
+            "train_time_s": info["train_time_s"], "ema_decay": info.get("ema_decay"),
+            "augment": info.get("augment")}
+
+
+def augmentation(training: dict[str, list[dict]]) -> str:
+    """The card's line on image augmentation (a run before the choice existed recorded none)."""
+    used = sorted({f"{part}: {k}" for part, runs in training.items() for s in runs for k, on in (s.get("augment") or {}).items() if on})
+    return f"augmented ({', '.join(used)})" if used else "no flips or crops"
 
 
 def stages(run: Path, part: str) -> list[dict]:
@@ -126,7 +133,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
 |---|---|---|---|---|---|
 {rows(training)}
 
-Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index). The generator
+Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index); {augmentation(training)}. The generator
 weights are the EMA (decay {training["generator"][-1]["ema_decay"]}), stored in float16 (argen loads them as float32). The exact commands (`{script}`):
 
 ```bash

@@ -72,6 +72,27 @@ def test_image_folder_with_classes(tmp_path):
     assert ds_crop[0][0].shape == (3, 16, 16)
 
 
+def test_image_folder_augmentation_is_off_by_default_and_drawn_from_the_item_seed(tmp_path):
+    """ds[(i, seed)] is a function of (i, seed) (the trainers' resumable stream); without augmentation
+    every seed gives the centre crop unmirrored; the flip of a seed is the same with or without random crops."""
+    px = np.zeros((16, 24, 3), np.uint8)
+    px[:, 12:] = 255  # bright right half
+    px[0, 0] = (255, 0, 0)
+    path = tmp_path / "a" / "x.png"
+    path.parent.mkdir()
+    Image.fromarray(px).save(path)
+    plain = ImageFolderDataset(tmp_path, 16)
+    assert not plain.hflip and not plain.random_crop
+    assert all(torch.equal(plain[(0, seed)][0], plain.load(0)[0]) for seed in range(20))
+    flip = ImageFolderDataset(tmp_path, 16, hflip=True)
+    both = ImageFolderDataset(tmp_path, 16, hflip=True, random_crop=True)
+    mirrored = [bool(flip[(0, seed)][0][:, :, :8].mean() > 0) for seed in range(40)]
+    assert 5 < sum(mirrored) < 35
+    assert mirrored == [bool(both[(0, seed)][0][:, :, :4].mean() > both[(0, seed)][0][:, :, -4:].mean()) for seed in range(40)]
+    assert torch.equal(both[(0, 7)][0], both[(0, 7)][0])
+    assert len({both[(0, seed)][0].sum().item() for seed in range(40)}) > 3  # the crops move
+
+
 def test_image_folder_without_classes_is_unconditional(tmp_path, caplog):
     _write(tmp_path / "x.png", (8, 8), (1, 2, 3))
     with caplog.at_level(logging.WARNING):

@@ -1,5 +1,6 @@
 """Any folder of images as a training set: one sub-folder per class (names kept), any size and
-format PIL reads, resized and center- or random-cropped to the training resolution.
+format PIL reads, resized and center- or random-cropped to the training resolution, optionally
+mirrored (both off by default: a mirrored or shifted letter, digit or logo is another image).
 
 A folder with images but no class sub-folders is used unconditionally (one class, with a warning).
 Unreadable files are skipped and counted; above ``max_bad_fraction`` loading fails.
@@ -50,7 +51,13 @@ def resize_crop(img: Image.Image, resolution: int, rng: random.Random | None = N
 
 
 class ImageFolderDataset(Dataset):
-    """(image (3, R, R) in [-1, 1], class index) pairs from ``root/<class>/*.png|jpg|...``."""
+    """(image (3, R, R) in [-1, 1], class index) pairs from ``root/<class>/*.png|jpg|...``.
+
+    ``ds[i]`` draws the augmentation (``random_crop``, ``hflip``) from torch's global RNG;
+    ``ds[(i, seed)]`` from ``seed`` (what the trainers pass: a seed per position of the run's data
+    stream, so a resumed run sees the same images); :meth:`load` with no ``rng``: centre crop, no flip."""
+
+    seeded_items = True  # the trainers' step sampler passes (index, seed) pairs
 
     def __init__(
         self,
@@ -92,15 +99,27 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(index, tuple):
+            index, seed = index
+        elif self.random_crop or self.hflip:
+            seed = int(torch.randint(0, 2**62, ()))
+        else:
+            seed = None
+        return self.load(int(index), None if seed is None else random.Random(seed))
+
+    def load(self, index: int, rng: random.Random | None = None) -> tuple[torch.Tensor, int]:
+        """Item ``index`` with this data set's augmentation drawn from ``rng`` (None: centre crop, no flip)."""
         path, label = self.samples[index]
-        # augmentation randomness comes from torch's RNG, which the trainer seeds (per worker)
-        rng = random.Random(int(torch.randint(0, 2**62, ())))
+        # the crop offset and the flip are drawn in this order whether or not the other one is on, so
+        # turning one on does not change the other's draws
+        crop_rng = random.Random(rng.getrandbits(64)) if rng is not None else None
+        flip = rng is not None and rng.random() < 0.5
         try:
             with Image.open(path) as im:
-                img = resize_crop(im, self.resolution, rng if self.random_crop else None)
+                img = resize_crop(im, self.resolution, crop_rng if self.random_crop else None)
         except OSError as exc:
             raise ConfigError(f"cannot read image {path}: {exc}") from None
-        if self.hflip and rng.random() < 0.5:
+        if self.hflip and flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return image_to_tensor(img), label

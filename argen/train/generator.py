@@ -38,6 +38,7 @@ from argen.train.loop import (
     make_accelerator,
     prior_train_time,
     save_checkpoint,
+    seed_step,
     settings_dict,
     step_loader,
     train_time,
@@ -154,8 +155,10 @@ def train_generator(
                           "(KL VAE, diffusers AutoencoderKL) tokenizer")
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
-    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True, seed=settings.seed)
+    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, hflip=settings.hflip,
+                                                  random_crop=settings.random_crop, seed=settings.seed)
     h, w = tok.latent_grid(settings.resolution)
+    seed_step(settings.seed, "init")  # the initial weights: the run's seed alone
     if continuous and family == "flowar":
         cfg = FlowARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
                            vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
@@ -201,7 +204,7 @@ def train_generator(
     ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
-            "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
+            "augment": settings.augment, "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
     if continuous:
         meta["latents"] = latents
     prior = prior_train_time(out, settings.resume)
@@ -215,6 +218,9 @@ def train_generator(
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="generator")
     t0, logs, recent = time.time(), {}, RecentMeans()
     for step, (images, labels) in enumerate(loader, start=start):
+        # every draw of the step (dropout, class dropout, posterior samples, MAR's orders, masks and
+        # diffusion noise, FlowAR's times and noise) from (seed, step): a resumed run replays them
+        seed_step(settings.seed, step, acc.process_index)
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
@@ -260,7 +266,7 @@ def train_generator(
         pipe = _pipeline(acc.unwrap_model(model), ema, tok, settings, defaults, class_names, out.name)
         pipe.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
-            "kind": "generator", "steps": settings.steps, "final_losses": recent.means(),
+            "kind": "generator", "steps": settings.steps, "augment": settings.augment, "final_losses": recent.means(),
             "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "tokenizer": str(tokenizer_dir), "ema_decay": ema_decay, "num_processes": acc.num_processes,
             "init_from": str(init_from) if init_from else None,

@@ -1,5 +1,7 @@
 """What every argen trainer shares: settings, the accelerate set-up, a deterministic step-indexed
 data stream (so ``--resume`` continues exactly where it stopped, on any number of processes), the
+run's randomness as a function of (seed, step) (:func:`run_seed`, :func:`seed_step`: the same command
+twice gives the same weights, and a resumed run ends where an uninterrupted one does), the
 learning-rate schedule, EMA, and checkpoints (safetensors weights + optimizer state + JSON meta)."""
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from argen.errors import CheckpointError, ConfigError
+from argen.samplers.rng import derive_seed
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
@@ -42,6 +45,10 @@ class TrainSettings:
     num_workers: int = 0
     resume: bool = False
     progress: bool = True
+    # augmentation of image folders (the shapes set draws its own positions and rotations): off by
+    # default, since a mirrored or shifted letter, digit, logo or text is another image
+    hflip: bool = False
+    random_crop: bool = False
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -51,6 +58,26 @@ class TrainSettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("hflip", "random_crop"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @property
+    def augment(self) -> dict[str, bool]:
+        """The augmentation this run applies to an image folder, as the run's metadata records it."""
+        return {"hflip": self.hflip, "random_crop": self.random_crop}
+
+
+# the seed of one kind of draw of a run: ("step", step, rank), ("augment", position), ("order", epoch)
+run_seed = derive_seed
+
+
+def seed_step(seed: int, step: int | str, rank: int = 0) -> None:
+    """Seed torch's global RNG (CPU and every CUDA device) for ``step`` of process ``rank`` (``"init"``:
+    the initial weights, the same on every process). Every trainer calls it before building its
+    modules and at the start of each step, so dropout, class dropout, MAR's masks and diffusion noise,
+    FlowAR's times and noise, posterior samples and dead-code picks replay exactly after ``--resume``."""
+    torch.manual_seed(run_seed(seed, "step", step, rank))
 
 
 def make_accelerator(settings: TrainSettings):
@@ -66,35 +93,43 @@ def make_accelerator(settings: TrainSettings):
     return acc
 
 
-class StepBatchSampler(Sampler[list[int]]):
+class StepBatchSampler(Sampler[list]):
     """Batches indexed by step: process ``rank`` of ``world`` takes positions
     ((step * world + rank) * batch + i); for a finite data set position p is item perm_e(p mod n) of
-    a permutation seeded per epoch e = p // n. Infinite data sets (shapes) use the position itself."""
+    a permutation seeded per epoch e = p // n. Infinite data sets (shapes) use the position itself.
+    With ``item_seeds`` each entry is (item, seed of its augmentation), the seed a function of the run's
+    seed and the position: the images of a step are the same however the run got there (resumed, any
+    number of loader workers)."""
 
-    def __init__(self, n: int | None, batch: int, rank: int, world: int, start_step: int, steps: int, seed: int) -> None:
+    def __init__(self, n: int | None, batch: int, rank: int, world: int, start_step: int, steps: int, seed: int,
+                 item_seeds: bool = False) -> None:
         self.n, self.batch, self.rank, self.world = n, batch, rank, world
-        self.start, self.steps, self.seed = start_step, steps, seed
+        self.start, self.steps, self.seed, self.item_seeds = start_step, steps, seed, item_seeds
         self._perm: tuple[int, torch.Tensor] | None = None
 
-    def _item(self, pos: int) -> int:
+    def _item(self, pos: int) -> int | tuple[int, int]:
         if self.n is None:
-            return pos
-        epoch, off = divmod(pos, self.n)
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=g))
-        return int(self._perm[1][off])
+            item = pos
+        else:
+            epoch, off = divmod(pos, self.n)
+            if self._perm is None or self._perm[0] != epoch:
+                g = torch.Generator().manual_seed(run_seed(self.seed, "order", epoch))
+                self._perm = (epoch, torch.randperm(self.n, generator=g))
+            item = int(self._perm[1][off])
+        return (item, run_seed(self.seed, "augment", pos)) if self.item_seeds else item
 
     def __len__(self) -> int:
         return self.steps - self.start
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         for step in range(self.start, self.steps):
             base = (step * self.world + self.rank) * self.batch
             yield [self._item(base + i) for i in range(self.batch)]
 
 
 def step_loader(dataset: Dataset, settings: TrainSettings, acc, start_step: int, infinite: bool) -> DataLoader:
+    """The run's batches from ``start_step`` on (see :class:`StepBatchSampler`); a data set that draws
+    augmentation (``seeded_items``) gets each item's seed with its index."""
     sampler = StepBatchSampler(
         None if infinite else len(dataset),
         settings.batch_size,
@@ -103,6 +138,7 @@ def step_loader(dataset: Dataset, settings: TrainSettings, acc, start_step: int,
         start_step,
         settings.steps,
         settings.seed,
+        item_seeds=getattr(dataset, "seeded_items", False),
     )
     return DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers)
 
@@ -182,7 +218,9 @@ def load_checkpoint(
     out: Path, modules: dict[str, nn.Module | dict], optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any]
 ) -> int:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns the step to continue from.
-    A checkpoint of another model/config is an error naming the differences."""
+    A checkpoint of another model/config is an error naming the differences (a meta key the checkpoint
+    predates is not compared). A dict of tensors (training state outside the modules, e.g. the
+    dead-code usage) that an older checkpoint lacks keeps its value, with a warning."""
     from safetensors.torch import load_file
 
     path = _state_path(out)
@@ -190,13 +228,17 @@ def load_checkpoint(
         raise CheckpointError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
     saved = json.loads(path.read_text())
     diffs = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in meta.items() if k != "settings" and saved.get(k) != v
+        f"{k}: checkpoint {saved[k]!r} vs now {v!r}" for k, v in meta.items() if k != "settings" and k in saved and saved[k] != v
     ]
     if diffs:
         raise CheckpointError(f"--resume: the checkpoint in {out} was trained with another configuration: " + "; ".join(diffs))
     folder = out / CHECKPOINT_DIR
     for name, module in modules.items():
-        state = load_file(str(folder / f"{name}.safetensors"))
+        file = folder / f"{name}.safetensors"
+        if isinstance(module, dict) and not file.is_file():
+            logger.warning("--resume: %s has no %s (an older checkpoint): the run continues, not bit-exactly", folder, file.name)
+            continue
+        state = load_file(str(file))
         if isinstance(module, dict):
             for k in module:
                 module[k].copy_(state[k])

@@ -32,6 +32,7 @@ from argen.train.loop import (
     make_accelerator,
     prior_train_time,
     save_checkpoint,
+    seed_step,
     settings_dict,
     step_loader,
     train_time,
@@ -166,6 +167,8 @@ def train_tokenizer(
     ``calibrate_scale`` sets its scaling factor to 1 / std of the latents of held-out images."""
     out = Path(settings.out)
     check_stride(settings.resolution, config.downsample)
+    acc = make_accelerator(settings)
+    seed_step(settings.seed, "init")  # the initial weights (tokenizer, discriminator): the run's seed alone
     if isinstance(config, MultiScaleVQConfig):
         model = MultiScaleVQVAE(config)
         model.latent_grid(settings.resolution)  # the last scale must be the latent size
@@ -175,8 +178,8 @@ def train_tokenizer(
         model = VQTokenizer(config)
     if hasattr(model, "quantize"):
         model.quantize.dead_code_threshold = dead_code_threshold
-    acc = make_accelerator(settings)
-    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, random_crop=True, seed=settings.seed)
+    dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, hflip=settings.hflip,
+                                                  random_crop=settings.random_crop, seed=settings.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     modules: dict[str, Any] = {"tokenizer": model}
     optims: dict[str, Any] = {"tokenizer": opt}
@@ -186,9 +189,10 @@ def train_tokenizer(
         d_opt = torch.optim.AdamW(disc.parameters(), lr=settings.lr, betas=(0.5, 0.9))
         modules["discriminator"], optims["discriminator"] = disc, d_opt
     perceptual = VGGPerceptual(perceptual_weights) if perceptual_weights else None
-    meta = {"kind": "tokenizer", "config": asdict(config), "resolution": settings.resolution, "data": settings.data}
+    meta = {"kind": "tokenizer", "config": asdict(config), "resolution": settings.resolution, "data": settings.data,
+            "augment": settings.augment}
     prior = prior_train_time(out, settings.resume)
-    start = load_checkpoint(out, modules, optims, meta) if settings.resume else 0
+    start = load_checkpoint(out, {**modules, **_restart_state(model)}, optims, meta) if settings.resume else 0
 
     model, opt = acc.prepare(model, opt)
     if disc is not None:
@@ -197,10 +201,11 @@ def train_tokenizer(
         perceptual = perceptual.to(acc.device)
     loader = step_loader(dataset, settings, acc, start, infinite)
     held_out = torch.stack([make_dataset(settings.data, settings.resolution, split="test")[0][i][0] for i in range(8)]) \
-        if infinite else torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))])
+        if infinite else torch.stack([dataset.load(i)[0] for i in range(min(8, len(dataset)))])  # not augmented
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="tokenizer")
     t0, logs, step, recent = time.time(), {}, start, RecentMeans()
     for step, (images, _) in enumerate(loader, start=start):
+        seed_step(settings.seed, step, acc.process_index)
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
@@ -237,6 +242,7 @@ def train_tokenizer(
             acc.wait_for_everyone()
             if acc.is_main_process:
                 mods = {k: acc.unwrap_model(v) for k, v in {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}.items()}
+                mods.update(_restart_state(mods["tokenizer"]))
                 save_checkpoint(out, done, mods, optims, {**meta, "settings": settings_dict(settings),
                                 "train_time_s": train_time(prior, t0)})
     bar.close()
@@ -247,11 +253,18 @@ def train_tokenizer(
             final.config.scaling_factor = latent_scale(final, held_out, settings)
         final.save_pretrained(out)
         (out / "train.json").write_text(json.dumps({
-            "kind": "tokenizer", "steps": settings.steps, "final_losses": recent.means(),
+            "kind": "tokenizer", "steps": settings.steps, "augment": settings.augment, "final_losses": recent.means(),
             "train_time_s": train_time(prior, t0), "settings": settings_dict(settings),
             "class_names": class_names, "num_processes": acc.num_processes,
         }, indent=2))
     return out
+
+
+def _restart_state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """The dead-code restarts' running code usage, which is not in the model's weights: the checkpoint
+    keeps it so that a resumed run re-seeds the same codes as an uninterrupted one."""
+    quantize = getattr(model, "quantize", None)
+    return {"restarts": {"usage": quantize.usage}} if isinstance(getattr(quantize, "usage", None), torch.Tensor) else {}
 
 
 @torch.no_grad()
