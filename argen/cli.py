@@ -77,6 +77,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     if args.greedy:
         opts["greedy"] = True
+    if args.compile:
+        opts["compile"] = True
     opts.update(parse_key_values(args.option))
     if args.grid_max < 1:
         raise ConfigError(f"--grid-max must be >= 1, got {args.grid_max}")
@@ -365,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float)
     g.add_argument("--temperature", type=float)
     g.add_argument("--greedy", action="store_true")
+    g.add_argument("--compile", action="store_true",
+                   help="token-wise ar / sjd: compiled decode step (torch.compile; CUDA graphs on CUDA); compiles on first use")
     g.add_argument("--option", "-o", action="append", help="sampler option key=value (repeatable)")
     g.add_argument("--batch-size", type=int, help="images per batch (default: 16 on a CPU, 64 on a GPU); a request "
                    "of any size runs batch by batch")

@@ -1,12 +1,19 @@
-"""Speed benchmark of argen's plain AR sampler against the official LlamaGen decoding strategy.
+"""Speed benchmark of argen's plain AR sampler (eager and compiled) against the official LlamaGen
+decoding strategy.
 
 GPT-B class-to-image, random weights, cfg 4.0, top-k 2000, float32 on the CPU, JSON out:
 
-    python benchmarks/bench_ar.py [--batch 1 8] [--tokens 256] [--repeats N] [--out results.json]
+    python benchmarks/bench_ar.py [--batch 1 8] [--tokens 256] [--repeats N] [--no-compiled]
+                                  [--threads N] [--out results.json]
+
+On a shared 2-core machine ``--threads 1`` gives steady numbers (two OpenMP threads stall for
+hundreds of milliseconds whenever a core is taken away).
 
 Every speed claim is a ratio measured in this one process, on one model object:
 
-* ``argen``: ``argen.samplers.sample(model, classes, sampler="ar", ...)``;
+* ``argen``: ``argen.samplers.sample(model, classes, sampler="ar", ...)`` (eager);
+* ``compiled``: the same call with ``compile=True`` (the decode step through ``torch.compile``; its
+  one-time compile is timed apart, as ``compile_warmup_s``, and excluded from the timed runs);
 * ``baseline``: ``benchmarks/official_style.py``, a re-implementation of the official LlamaGen
   ``generate()`` loop (full-length masked attention over a static cache, repeat_interleave'd K/V, ...)
   driving the same model's submodules;
@@ -15,9 +22,10 @@ Every speed claim is a ratio measured in this one process, on one model object:
   row (matrix-vector) and by the configuration's rows (2 * batch with CFG). The fastest of a few
   formulations counts. ``fraction_of_floor`` = floor ms / measured ms per step.
 
-Runs are interleaved (argen / baseline, order alternating) and repeated; the median counts. Both
-samplers use the same seeded ``torch.Generator`` so their tokens can be compared; a short greedy run
-and the logits of the first steps are compared as well (recorded under ``verification``).
+Runs are interleaved (argen / baseline / compiled, order rotating) and repeated; the median counts.
+All use the same seeded ``torch.Generator`` so their tokens can be compared; a short greedy run and
+the logits of the first steps are compared as well (recorded under ``verification``; for the compiled
+step: its logits against eager decoding's, fed the same greedy tokens).
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import argen.samplers as S  # noqa: E402
 from argen.generators import LlamaGen, LlamaGenConfig  # noqa: E402
+from argen.samplers.compiled import compiled_decoder  # noqa: E402
 from official_style import OfficialStyleDecoder, official_generate  # noqa: E402
 
 CLASSES = [207, 360, 387, 974, 88, 979, 417, 279, 1, 33, 130, 250, 812, 928, 971, 980]
@@ -57,9 +66,9 @@ class ShortRun:
         return self._m.parameters()
 
 
-def build_model(tokens: int, seed: int) -> LlamaGen:
+def build_model(tokens: int, seed: int, preset: str = "GPT-B") -> LlamaGen:
     torch.manual_seed(seed)
-    cfg = LlamaGenConfig.preset("GPT-B", vocab_size=16384, block_size=tokens, num_classes=1000)
+    cfg = LlamaGenConfig.preset(preset, vocab_size=16384, block_size=tokens, num_classes=1000)
     model = LlamaGen(cfg).eval()
     model.init_weights()
     with torch.no_grad():  # the official init zeroes the output layer: make the logits informative
@@ -110,12 +119,38 @@ class Floor:
         return out
 
 
-# -- the two samplers -------------------------------------------------------------------------------
-def run_argen(model, classes, seed, n=None, greedy=False):
+# -- the samplers -----------------------------------------------------------------------------------
+def run_argen(model, classes, seed, n=None, greedy=False, compile=False):
     m = model if n is None else ShortRun(model, n)
     t = time.perf_counter()
-    codes, stats = S.sample(m, classes, sampler="ar", seed=seed, cfg_scale=CFG, top_k=TOP_K, greedy=greedy)
+    codes, stats = S.sample(m, classes, sampler="ar", seed=seed, cfg_scale=CFG, top_k=TOP_K, greedy=greedy,
+                            compile=compile)
     return codes, time.perf_counter() - t, stats
+
+
+@torch.inference_mode()
+def compiled_check(model, classes, steps: int) -> dict:
+    """The compiled decode step against eager decoding, fed the same (greedy, eager) tokens: max logit
+    difference and whether every greedy token agrees. The first call compiles (``compile_s``)."""
+    b = len(classes)
+    cond = torch.tensor(classes + [model.config.num_classes] * b, device=model.tok_embeddings.weight.device)
+    dec = compiled_decoder(model)
+    cache, ccache = model.new_cache(2 * b), dec.new_cache(2 * b)
+    a, c = model.prefill(cond, cache), dec.prefill(cond, ccache)
+    worst, same, compile_s = (a - c).abs().max().item(), True, 0.0
+    for i in range(steps):
+        tok = a[:b].argmax(-1, keepdim=True)
+        same &= bool(torch.equal(tok, c[:b].argmax(-1, keepdim=True)))
+        tok = torch.cat([tok, tok])
+        a = model.decode(tok, cache)[:, -1]
+        t = time.perf_counter()
+        c = dec.decode(tok, ccache)[:, -1]
+        if i == 0:
+            worst = max(worst, (a - c).abs().max().item())  # waits for the device
+            compile_s = time.perf_counter() - t
+        worst = max(worst, (a - c).abs().max().item())
+    return {"compiled_greedy_tokens_identical": same, "compiled_max_abs_logit_diff_vs_eager": worst,
+            "compile_s": compile_s}
 
 
 def run_baseline(model, classes, seed, n=None, greedy=False):
@@ -145,52 +180,74 @@ def logits_diff(model, classes, steps: int) -> float:
     return worst
 
 
-def verify(model, batch: int, n: int) -> dict:
+def verify(model, batch: int, n: int, compiled: bool) -> dict:
     classes = classes_for(batch)
     ga, _, _ = run_argen(model, classes, 0, n, greedy=True)
     gb, _ = run_baseline(model, classes, 0, n, greedy=True)
     sa, _, _ = run_argen(model, classes, 123, n)
     sb, _ = run_baseline(model, classes, 123, n)
-    return {
+    out = {
         "batch": batch,
         "tokens": n,
         "greedy_tokens_identical": bool(torch.equal(ga, gb)),
         "sampled_tokens_identical_same_seed": bool(torch.equal(sa, sb)),
         "max_abs_logit_diff": logits_diff(model, classes, min(n, 8)),
     }
+    if compiled:  # also compiles the graph the timed compiled runs use (same rows, same cache length)
+        out.update(compiled_check(model, classes, n))
+    return out
 
 
-def bench_config(model, floor: Floor, batch: int, tokens: int, repeats: int, warmup_tokens: int) -> dict:
+def bench_config(model, floor: Floor, batch: int, tokens: int, repeats: int, warmup_tokens: int,
+                 compiled: bool = True) -> dict:
     classes = classes_for(batch)
     rows = 2 * batch  # CFG: [cond ; uncond]
-    for _ in range(1):  # warm-up (allocator, MKL / SDPA kernels)
+    arms = ("argen", "baseline", "compiled") if compiled else ("argen", "baseline")
+    for _ in range(1):  # warm-up (allocator, MKL / SDPA kernels; the compiled graph is built by verify)
         run_argen(model, classes, 0, warmup_tokens)
         run_baseline(model, classes, 0, warmup_tokens)
         floor.time(rows, calls=2)
-    a_s, b_s, same, fl_rows, fl_mv = [], [], [], [], []
+    walls: dict[str, list[float]] = {a: [] for a in arms}
+    same, same_compiled, fl_rows, fl_mv = [], [], [], []
     for r in range(repeats):
-        order = ("argen", "baseline") if r % 2 == 0 else ("baseline", "argen")
+        order = arms[r % len(arms):] + arms[: r % len(arms)]  # rotate who runs first
         res = {}
         for who in order:
-            if who == "argen":
-                codes, wall, stats = run_argen(model, classes, seed=r)
-                res[who] = (codes, wall)
-            else:
+            if who == "baseline":
                 res[who] = run_baseline(model, classes, seed=r)
+            else:
+                codes, wall, _ = run_argen(model, classes, seed=r, compile=who == "compiled")
+                res[who] = (codes, wall)
+            walls[who].append(res[who][1])
         same.append(bool(torch.equal(res["argen"][0], res["baseline"][0])))
-        a_s.append(res["argen"][1])
-        b_s.append(res["baseline"][1])
+        if compiled:
+            same_compiled.append(bool(torch.equal(res["compiled"][0], res["argen"][0])))
         fl_rows.append(min(floor.time(rows).values()))
         fl_mv.append(min(floor.time(1).values()))
         print(
-            f"[batch {batch}] repeat {r}: argen {batch * tokens / a_s[-1]:.1f} tok/s, "
-            f"baseline {batch * tokens / b_s[-1]:.1f} tok/s, floor {fl_rows[-1]:.1f} ms ({rows} rows)",
+            f"[batch {batch}] repeat {r}: "
+            + ", ".join(f"{a} {batch * tokens / walls[a][-1]:.1f} tok/s" for a in arms)
+            + f", floor {fl_rows[-1]:.1f} ms ({rows} rows)",
             file=sys.stderr,
             flush=True,
         )
+    a_s, b_s = walls["argen"], walls["baseline"]
     a, b = statistics.median(a_s), statistics.median(b_s)
     f_rows, f_mv = statistics.median(fl_rows), statistics.median(fl_mv)
     a_step, b_step = a / tokens * 1e3, b / tokens * 1e3
+    extra = {}
+    if compiled:
+        c = statistics.median(walls["compiled"])
+        c_step = c / tokens * 1e3
+        extra = {
+            "compiled_tokens_per_s": batch * tokens / c,
+            "compiled_ms_per_step": c_step,
+            "compiled_speedup_vs_eager": a / c,
+            "compiled_speedup_vs_baseline": b / c,
+            "compiled_fraction_of_floor": f_rows / c_step,
+            "compiled_tokens_identical_to_eager_same_seed": same_compiled,
+            "compiled_wall_s": walls["compiled"],
+        }
     return {
         "batch": batch,
         "rows_per_step": rows,
@@ -210,6 +267,7 @@ def bench_config(model, floor: Floor, batch: int, tokens: int, repeats: int, war
         "argen_wall_s": a_s,
         "baseline_wall_s": b_s,
         "floor_ms_by_repeat": fl_rows,
+        **extra,
     }
 
 
@@ -221,8 +279,12 @@ def main(argv=None) -> dict:
     p.add_argument("--verify-tokens", type=int, default=16)
     p.add_argument("--warmup-tokens", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
+    p.add_argument("--no-compiled", dest="compiled", action="store_false", help="skip the compile=True arm")
+    p.add_argument("--threads", type=int, help="torch threads (1 steadies timings on a shared machine)")
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     model = build_model(args.tokens, args.seed)
@@ -235,13 +297,14 @@ def main(argv=None) -> dict:
     mv = floor.time(1, calls=7)
     mv_best = min(mv.values())
 
-    verification = [verify(model, b, min(args.verify_tokens, args.tokens)) for b in sorted(set(args.batch))]
-    configs = [bench_config(model, floor, b, args.tokens, args.repeats, args.warmup_tokens) for b in args.batch]
+    verification = [verify(model, b, min(args.verify_tokens, args.tokens), args.compiled) for b in sorted(set(args.batch))]
+    configs = [bench_config(model, floor, b, args.tokens, args.repeats, args.warmup_tokens, args.compiled)
+               for b in args.batch]
     for c in configs:  # all formulations at this config's rows, for the record
         c["floor_ms_by_formulation"] = floor.time(c["rows_per_step"])
 
     result = {
-        "benchmark": "argen AR sampler vs official-LlamaGen-style generate()",
+        "benchmark": "argen AR sampler (eager and compile=True) vs official-LlamaGen-style generate()",
         "model": "LlamaGen GPT-B c2i (random weights)",
         "settings": {
             "tokens_per_sample": args.tokens,
@@ -250,13 +313,15 @@ def main(argv=None) -> dict:
             "temperature": 1.0,
             "dtype": "float32",
             "repeats": args.repeats,
-            "statistic": "median over repeats (argen / baseline interleaved, order alternating)",
+            "statistic": "median over repeats (argen / baseline / compiled interleaved, order rotating)",
+            "compiled": args.compiled,
         },
         "machine": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "floor": {
             "definition": "float32 matrix with as many elements as the weights a decode step reads "
@@ -276,6 +341,7 @@ def main(argv=None) -> dict:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
     return result
 

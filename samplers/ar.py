@@ -3,6 +3,7 @@
 Matches the official LlamaGen ``generate()`` token for token (greedy, and sampled with the same RNG
 stream), but reads only the filled part of the cache, and drops the unconditional half of the CFG
 batch as soon as guidance has ended (``cfg_interval``), which the official loop keeps computing.
+``compile=True`` runs each decode step as one compiled graph (:mod:`argen.samplers.compiled`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from argen.samplers.compiled import decoder_for
 from argen.samplers.logits import SamplingOptions, draw, split_guided
 from argen.samplers.stats import SamplerStats
 
@@ -27,23 +29,26 @@ def sample_ar(
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 16,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample ``model.seq_len`` tokens per condition. ``callback(n_done, codes)`` is called every
-    ``callback_every`` tokens with the codes so far (for live previews)."""
+    ``callback_every`` tokens with the codes so far (for live previews). ``compile``: decode steps
+    through ``torch.compile`` (CUDA graphs on CUDA); the same tokens, the first call pays the compile."""
     start = time.perf_counter()
     b, n = cond.shape[0], model.seq_len
     guided = opts.guided
     inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
-    cache = model.new_cache(inp.shape[0])
+    dec = decoder_for(model, compile)
+    cache = dec.new_cache(inp.shape[0])
     codes = torch.empty(b, n, dtype=torch.long, device=cache.lengths.device)
     stats = SamplerStats("ar", b, n, guided_rows=inp.shape[0])
 
-    logits = model.prefill(inp, cache)
+    logits = dec.prefill(inp, cache)
     stats.forward_passes = 1
     for i in tqdm(range(n), disable=not progress, desc="sampling", unit="tok", leave=False):
         if i > 0:
             x = codes[:, i - 1 : i]
-            logits = model.decode(torch.cat([x, x]) if guided else x, cache)[:, -1]
+            logits = dec.decode(torch.cat([x, x]) if guided else x, cache)[:, -1]
             stats.forward_passes += 1
         if guided:
             scale = opts.scale_at(i, n)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from argen.errors import ArgenError, ConfigError
 from argen.samplers.ar import StepCallback
+from argen.samplers.compiled import decoder_for
 from argen.samplers.logits import SamplingOptions, draw, guide_at, target_probs
 from argen.samplers.stats import SamplerStats
 
@@ -143,11 +144,14 @@ def sample_sjd(
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 16,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Sample ``model.seq_len`` tokens per condition with SJD; same result distribution as
     :func:`~argen.samplers.ar.sample_ar`. ``init``: repeat-left (the token before), repeat-above (the
     token one grid row up), random (uniform). ``coupled``: next drafts by maximal coupling with the
-    current ones (MC-SJD; False: independent samples, the original SJD)."""
+    current ones (MC-SJD; False: independent samples, the original SJD). ``compile``: each verification
+    pass (a window at per-row positions over the whole cache) through ``torch.compile``; finished
+    samples stay in the compiled batch (parked, outputs unused) instead of leaving it."""
     _check(window, init, model)
     start = time.perf_counter()
     b, n, vocab = cond.shape[0], model.seq_len, model.vocab_size
@@ -155,13 +159,14 @@ def sample_sjd(
     guided = opts.guided
     inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
     prefix = model.prefix_len
-    cache = model.new_cache(inp.shape[0], prefix + n + window - 1)
+    dec = decoder_for(model, compile)
+    cache = dec.new_cache(inp.shape[0], prefix + n + window - 1)
     dev = cache.lengths.device
     codes = torch.zeros(b, n, dtype=torch.long, device=dev)
     stats = SamplerStats("sjd", b, n, guided_rows=inp.shape[0])
     stats.accept_histogram = [0] * (window + 1)
 
-    logits = model.prefill(inp, cache)
+    logits = dec.prefill(inp, cache)
     stats.forward_passes = 1
     zero = torch.zeros(b, 1, dtype=torch.long, device=dev)
     codes[:, 0] = draw(guide_at(logits[:, None], zero, opts, n)[:, 0] if guided else logits, opts, rng)
@@ -180,7 +185,7 @@ def sample_sjd(
         rows = torch.arange(m_rows, device=dev)
         last = codes[active, done - 1]
         x = torch.cat([last[:, None], drafts], dim=1)
-        logits = model.decode(torch.cat([x, x]) if guided else x, cache)
+        logits = dec.decode(torch.cat([x, x]) if guided else x, cache)
         stats.forward_passes += 1
         index = done[:, None] + slots  # the image position each slot predicts
         p = target_probs(guide_at(logits, index, opts, n) if guided else logits, opts)

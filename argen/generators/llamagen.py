@@ -329,9 +329,20 @@ class LlamaGen(Pretrained):
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append tokens (B, W) after each row's cached length; return logits (B, W, V) where row j
         predicts the token after ``tokens[:, j]``."""
-        h = self.tok_embeddings(tokens)
         window = cache.prepare(tokens.shape[1])
-        h = self._run(h, self._rope_for(window), cache, window)
+        logits = self._decode_window(tokens, cache, window)
         cache.advance(window)
+        return logits
+
+    def decode_at(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Write tokens (B, W) at explicit cache positions (B, W) and attend over the whole cache
+        through a position mask; logits (B, W, V) as :meth:`decode`. Every step has the same shapes
+        and no Python-int state, so ``torch.compile`` (and CUDA graphs) can capture it once; the
+        lengths are not moved (the caller's bookkeeping, outside the compiled region)."""
+        return self._decode_window(tokens, cache, cache.window_at(positions))
+
+    def _decode_window(self, tokens: torch.Tensor, cache: KVCache, window) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)
+        h = self._run(h, self._rope_for(window), cache, window)
         return self.output(h).float()
 

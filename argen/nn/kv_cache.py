@@ -8,6 +8,13 @@ moving the length back; stale entries are masked out and later overwritten).
 While every element has the same length the cache takes a fast path: the window is written with a
 slice and attention needs no explicit mask (a single query needs none, a window a lower-right causal
 one). Ragged lengths use index writes and an explicit (B, 1, W, L) mask.
+
+A compiled decode step needs the same shapes at every step, so it uses a third kind of window
+(:meth:`KVCache.window_at`): given positions (B, W), written by index, attending over the *whole*
+buffer through a position mask (key j is visible to a query at position p when j <= p; stale or
+unwritten entries beyond are masked out). The caller computes the positions before the step
+(:meth:`KVCache.next_positions`) and moves the lengths after it (:meth:`KVCache.advance`), outside the
+compiled region.
 """
 from __future__ import annotations
 
@@ -33,8 +40,14 @@ class CacheWindow:
         return self.positions.shape[1]
 
 
+def position_mask(positions: torch.Tensor, key_len: int) -> torch.Tensor:
+    """(B, 1, W, key_len) bool: a query at position p sees keys 0..p (True = attend)."""
+    keys = torch.arange(key_len, device=positions.device)
+    return (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)
+
+
 class KVCache:
-    """Per-layer key/value buffers of shape (n_layer, B, H, max_len, D) plus a length per element."""
+    """Per-layer key/value buffers of shape (B, H, max_len, D) plus a length per element."""
 
     def __init__(
         self,
@@ -47,36 +60,50 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, n_head, max_len, head_dim)
+        # one tensor per layer (not one (n_layer, ...) tensor): a compiled step then writes each in
+        # place; writing through a per-layer view of one buffer makes inductor copy the whole buffer
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._uniform: int | None = 0  # the common length while all elements agree
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.lengths.shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def prepare(self, width: int) -> CacheWindow:
         """Describe the write of ``width`` new positions after each element's current length."""
-        dev = self.lengths.device
-        offs = torch.arange(width, device=dev)
+        positions, key_len = self._positions(width)
         if self._uniform is not None:
-            start = self._uniform
-            key_len = start + width
-            self._check_room(key_len)
-            positions = (offs + start).unsqueeze(0).expand(self.batch_size, width)
-            return CacheWindow(positions, start, key_len, None, width > 1)
-        positions = self.lengths[:, None] + offs
-        key_len = int(self.lengths.max()) + width
-        self._check_room(key_len)
-        keys = torch.arange(key_len, device=dev)
-        mask = keys[None, None, :] <= positions[:, :, None]  # (B, W, L)
-        return CacheWindow(positions, None, key_len, mask.unsqueeze(1), False)
+            return CacheWindow(positions, self._uniform, key_len, None, width > 1)
+        return CacheWindow(positions, None, key_len, position_mask(positions, key_len), False)
+
+    def next_positions(self, width: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions (B, W) of ``width`` new entries after each element's length (only ``rows``,
+        when given); raises a ConfigError when they do not fit."""
+        return self._positions(width, rows)[0]
+
+    def _positions(self, width: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """(positions, the end of the furthest one), room checked."""
+        offs = torch.arange(width, device=self.lengths.device)
+        if self._uniform is not None:
+            n = self.batch_size if rows is None else rows.shape[0]
+            positions, end = (offs + self._uniform).unsqueeze(0).expand(n, width), self._uniform + width
+        else:
+            lengths = self.lengths if rows is None else self.lengths[rows]
+            positions, end = lengths[:, None] + offs, (int(lengths.max()) if lengths.numel() else 0) + width
+        self._check_room(end)
+        return positions, end
+
+    def window_at(self, positions: torch.Tensor) -> CacheWindow:
+        """A window at explicit positions (B, W) that attends over the whole buffer through a position
+        mask: the same shapes at every step, which a compiled decode step needs (no Python ints)."""
+        return CacheWindow(positions, None, self.max_len, position_mask(positions, self.max_len), False)
 
     def _check_room(self, key_len: int) -> None:
         if key_len > self.max_len:
@@ -92,16 +119,22 @@ class KVCache:
             kc[:, :, s:e] = k
             vc[:, :, s:e] = v
         else:
-            b = torch.arange(self.batch_size, device=k.device)[:, None].expand_as(window.positions)
+            b = torch.arange(k.shape[0], device=k.device)[:, None].expand_as(window.positions)
             kc[b, :, window.positions] = k.transpose(1, 2)
             vc[b, :, window.positions] = v.transpose(1, 2)
         return kc[:, :, : window.key_len], vc[:, :, : window.key_len]
 
-    def advance(self, window: CacheWindow) -> None:
-        """Commit a window: every element's length grows by its width."""
-        self.lengths += window.width
-        if self._uniform is not None:
-            self._uniform += window.width
+    def advance(self, window: CacheWindow | int, rows: torch.Tensor | None = None) -> None:
+        """Commit a window (or a width): every element's length grows by its width (only ``rows``'
+        lengths, when given)."""
+        width = window if isinstance(window, int) else window.width
+        if rows is None:
+            self.lengths += width
+            if self._uniform is not None:
+                self._uniform += width
+        else:
+            self.lengths[rows] += width
+            self._uniform = None
 
     def truncate(self, lengths: torch.Tensor | int) -> None:
         """Move lengths back (per element, or one int for all); later entries become invisible."""
@@ -114,8 +147,8 @@ class KVCache:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (e.g. drop the unconditional CFG half once guidance ends)."""
-        self.k = self.k[:, rows].contiguous()
-        self.v = self.v[:, rows].contiguous()
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
         self.lengths = self.lengths[rows].clone()
 
     def reset(self) -> None:
