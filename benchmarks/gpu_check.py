@@ -248,6 +248,11 @@ def llamagen(name: str, device: torch.device, dtype: torch.dtype, dry: bool):
     return argen.load(AR_ZOO[name], random_weights=True, device=device, dtype=dtype).generator.requires_grad_(False)
 
 
+def failure(exc: Exception) -> dict:
+    """What the JSON records of a check that raised: the error, and the end of its traceback."""
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+
+
 def timed(device: torch.device, fn):
     sync(device)
     t = time.perf_counter()
@@ -334,8 +339,7 @@ def run_ar(report: Report, device: torch.device, args: argparse.Namespace) -> bo
                         ok &= min(entry["compiled_tokens_equal_to_eager_fraction"]) == 1.0
                 except Exception as exc:
                     ok = False
-                    entry["error"] = f"{type(exc).__name__}: {exc}"
-                    entry["traceback"] = traceback.format_exc()[-2000:]
+                    entry.update(failure(exc))
                 sec["configs"].append(entry)
                 report.write()
                 print(json.dumps({k: v for k, v in entry.items() if not isinstance(v, (dict, list)) or k == "error"}),
@@ -378,8 +382,7 @@ def run_families(report: Report, device: torch.device, args: argparse.Namespace)
             del pipe
         except Exception as exc:
             ok = False
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-            entry["traceback"] = traceback.format_exc()[-2000:]
+            entry.update(failure(exc))
         sec["results"].append(entry)
         report.write()
         print(json.dumps({k: v for k, v in entry.items() if k != "traceback"}), flush=True)
