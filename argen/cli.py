@@ -8,9 +8,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from argen.errors import ArgenError, ConfigError
+from argen.families import families, family_for_tokenizer, get_family
 from argen.options import parse_key_values
 from argen.nn.diffusion import NOISE_SCHEDULES
 from argen.samplers.mar import ORDERS as MAR_ORDERS
@@ -26,18 +27,6 @@ def _dtype(name: str | None):
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return getattr(torch, DTYPES[name])
-
-
-def _json_file(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must hold a JSON object")
-    return data
 
 
 # -- generate --------------------------------------------------------------------------------------
@@ -168,70 +157,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # -- convert ---------------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
-    from argen.convert.llamagen import load_gpt, load_vq
+    """`argen convert <family>`: the family's record converts, the result is saved as a pretrained folder."""
     from argen.pipeline import ARPipeline
 
-    gpt_args = {**_json_file(args.gpt_config), **parse_key_values(args.gpt_arg)}
-    vq_args = {**_json_file(args.vq_config), **parse_key_values(args.vq_arg)}
-    if args.image_size and "block_size" not in gpt_args:
-        ds = 2 ** (len(vq_args.get("encoder_ch_mult", [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
-        gpt_args["block_size"] = (args.image_size // ds) ** 2
-    preset = args.gpt_model if not gpt_args.get("dim") else None
-    gen = load_gpt(args.gpt_ckpt, preset, ema=args.ema, **gpt_args)
-    tok = load_vq(args.vq_ckpt, args.vq_model if not vq_args else None, **vq_args)
-    defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
+    gen, tok, defaults = get_family(args.family).convert(args)
     pipe = ARPipeline(gen, tok, defaults=defaults, name=Path(args.out).name)
     pipe.save_pretrained(args.out)
     print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": gen.config.__dict__}))
-    return 0
-
-
-def cmd_convert_var(args: argparse.Namespace) -> int:
-    from argen.convert.var import load_var, load_var_vae
-    from argen.pipeline import ARPipeline
-
-    var_args = {**_json_file(args.var_config), **parse_key_values(args.var_arg)}
-    vae_args = {**_json_file(args.vae_config), **parse_key_values(args.vae_arg)}
-    vae = load_var_vae(args.vae_ckpt, None if vae_args else args.vae_model, **vae_args)
-    var = load_var(args.var_ckpt, None if var_args.get("depth") else args.var_model, vae=vae, **var_args)
-    defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "temperature": 1.0}
-    pipe = ARPipeline(var, vae, defaults=defaults, name=Path(args.out).name)
-    pipe.save_pretrained(args.out)
-    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": var.config.__dict__}))
-    return 0
-
-
-def cmd_convert_mar(args: argparse.Namespace) -> int:
-    from argen.convert.mar import load_mar, load_vae
-    from argen.pipeline import ARPipeline
-    from argen.zoo import MAR_EVAL
-
-    mar_args = {**_json_file(args.mar_config), **parse_key_values(args.mar_arg)}
-    vae_args = {**_json_file(args.vae_config), **parse_key_values(args.vae_arg)}
-    vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
-    mar = load_mar(args.mar_ckpt, None if mar_args.get("encoder_embed_dim") else args.mar_model, ema=not args.raw, **mar_args)
-    defaults = {**MAR_EVAL, "cfg_scale": args.cfg, "cfg_schedule": args.cfg_schedule}
-    pipe = ARPipeline(mar, vae, defaults=defaults, name=Path(args.out).name)
-    pipe.save_pretrained(args.out)
-    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": mar.config.__dict__}))
-    return 0
-
-
-def cmd_convert_flowar(args: argparse.Namespace) -> int:
-    from argen.convert.flowar import load_flowar
-    from argen.convert.mar import load_vae
-    from argen.pipeline import ARPipeline
-
-    flowar_args = {**_json_file(args.flowar_config), **parse_key_values(args.flowar_arg)}
-    vae_args = parse_key_values(args.vae_arg)
-    vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
-    ema = {"auto": None, "ema": True, "raw": False}[args.weights]
-    model = load_flowar(args.flowar_ckpt, None if flowar_args.get("encoder_embed_dim") else args.flowar_model, ema=ema,
-                        **flowar_args)
-    defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "num_steps": args.num_steps, "guidance_high": args.guidance_high}
-    pipe = ARPipeline(model, vae, defaults=defaults, name=Path(args.out).name)
-    pipe.save_pretrained(args.out)
-    print(json.dumps({"out": args.out, "image_size": pipe.image_size, "generator": model.config.__dict__}))
     return 0
 
 
@@ -282,35 +214,20 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from argen.train import train_generator
-    from argen.train.generator import generator_config
+    from argen.train.generator import generator_config, training_family
 
     from argen.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    tok_class = tok.registry_name
-    family = "var" if tok.kind == "multiscale" else "mar" if tok.kind == "continuous" else "llamagen"
-    needs = {"var": ("a multi-scale VQ", "multiscale"), "mar": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl"),
-             "flowar": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl"), "llamagen": ("a VQ", "vq")}
-    if args.kind == "flowar" and family == "mar":  # MAR and FlowAR both model a continuous VAE's latents
-        family = "flowar"
-    if args.kind and args.kind != family:
-        what, kind = needs[args.kind]
-        raise ConfigError(f"--kind {args.kind} needs {what} tokenizer, but {args.tokenizer} holds a {tok_class!r} "
-                          f"(train it with --kind {kind})")
-    if args.noise_schedule and family != "mar":
-        raise ConfigError(f"--noise-schedule is a MAR option; this run trains a {family}")
+    family = training_family(tok, args.kind, args.tokenizer)
+    if args.noise_schedule and "noise_schedule" not in family.config_fields():
+        raise ConfigError(f"--noise-schedule is a MAR-style diffusion head's option; this run trains a {family.name}")
     overrides = {**parse_key_values(args.config), **({"noise_schedule": args.noise_schedule} if args.noise_schedule else {})}
-    model_args = generator_config(args.preset, family, width=args.dim, depth=args.depth, heads=args.heads, **overrides)
-    if family == "mar":
-        defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 16}
-    elif family == "flowar":  # next-scale inputs are upsampled through the latent size, as in training
-        defaults = {"cfg_scale": args.cfg, "cfg_schedule": "linear", "num_steps": 25,
-                    "upsample_size": args.resolution // tok.downsample}
-    else:
-        defaults = {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
+    model_args = generator_config(args.preset, family.name, width=args.dim, depth=args.depth, heads=args.heads, **overrides)
+    defaults = family.sample_defaults(args.cfg, args.top_k, (args.resolution // tok.downsample,) * 2)
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
                           class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults,
-                          family=family, latents=args.latents, init_from=args.init_from)
+                          family=family.name, latents=args.latents, init_from=args.init_from)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -415,8 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--tokenizer", required=True,
                     help="folder written by `argen train tokenizer`; for MAR/FlowAR also a diffusers AutoencoderKL "
                          "folder or hub id (its own scaling factor)")
-    tg.add_argument("--kind", choices=["llamagen", "var", "mar", "flowar"],
-                    help="generator family (default: from the tokenizer; a KL tokenizer: mar, or flowar)")
+    trainable = [f for f in families() if f.trainable]
+    kinds = dict.fromkeys(f.tokenizer_kind for f in trainable)
+    tg.add_argument("--kind", choices=[f.name for f in trainable],
+                    help="generator family (default: from the tokenizer's kind: "
+                         + ", ".join(f"{k}: {family_for_tokenizer(k).name}" for k in kinds) + ")")
     tg.add_argument("--dim", type=int, help="width")
     tg.add_argument("--depth", type=int)
     tg.add_argument("--heads", type=int)
@@ -477,62 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert official checkpoints into an argen pretrained folder")
     csub = c.add_subparsers(dest="family", required=True)
-    lg = csub.add_parser("llamagen", help="LlamaGen GPT + VQ")
-    lg.add_argument("--gpt-ckpt", required=True)
-    lg.add_argument("--vq-ckpt", required=True)
-    lg.add_argument("--gpt-model", default="GPT-B", help="GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-3B")
-    lg.add_argument("--vq-model", default="VQ-16", help="VQ-16 or VQ-8")
-    lg.add_argument("--image-size", type=int, default=256, help="256 or 384 (sets block_size)")
-    lg.add_argument("--gpt-config", help="JSON file of official ModelArgs (for custom sizes)")
-    lg.add_argument("--gpt-arg", action="append", help="official ModelArgs key=value (repeatable)")
-    lg.add_argument("--vq-config", help="JSON file of official VQ args")
-    lg.add_argument("--vq-arg", action="append", help="VQ key=value (repeatable)")
-    lg.add_argument("--ema", action="store_true", help="use the EMA weights when the file has them")
-    lg.add_argument("--cfg", type=float, default=4.0, help="default guidance written to the model")
-    lg.add_argument("--top-k", type=int, default=2000, help="default top-k written to the model")
-    lg.add_argument("--out", required=True)
-    lg.set_defaults(func=cmd_convert)
-    vr = csub.add_parser("var", help="VAR transformer + multi-scale VQ-VAE")
-    vr.add_argument("--var-ckpt", required=True, help="var_d16.pth ... (or a training checkpoint)")
-    vr.add_argument("--vae-ckpt", required=True, help="vae_ch160v4096z32.pth")
-    vr.add_argument("--var-model", default="d16", help="d16, d20, d24, d30, d36")
-    vr.add_argument("--vae-model", default="vae_ch160v4096z32", help="vae_ch160v4096z32 or vae_ch160v4096z32-512 (d36)")
-    vr.add_argument("--var-config", help="JSON file of official VAR arguments (for custom sizes)")
-    vr.add_argument("--var-arg", action="append", help="official VAR key=value (repeatable)")
-    vr.add_argument("--vae-config", help="JSON file of official VQVAE arguments")
-    vr.add_argument("--vae-arg", action="append", help="VQVAE key=value (repeatable)")
-    vr.add_argument("--cfg", type=float, default=4.0, help="default guidance written to the model (VAR's ramp)")
-    vr.add_argument("--top-k", type=int, default=900)
-    vr.add_argument("--top-p", type=float, default=0.95)
-    vr.add_argument("--out", required=True)
-    vr.set_defaults(func=cmd_convert_var)
-    mr = csub.add_parser("mar", help="MAR transformer + diffusion head, with the KL-16 VAE")
-    mr.add_argument("--mar-ckpt", required=True, help="checkpoint-last.pth of mar_base / mar_large / mar_huge")
-    mr.add_argument("--vae-ckpt", required=True, help="kl16.ckpt")
-    mr.add_argument("--mar-model", default="mar_base", help="mar_base, mar_large, mar_huge")
-    mr.add_argument("--mar-config", help="JSON file of official MAR arguments (for custom sizes)")
-    mr.add_argument("--mar-arg", action="append", help="official MAR key=value (repeatable)")
-    mr.add_argument("--vae-config", help="JSON file of official AutoencoderKL arguments")
-    mr.add_argument("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable)")
-    mr.add_argument("--raw", action="store_true", help="the raw 'model' weights instead of the EMA ('model_ema')")
-    mr.add_argument("--cfg", type=float, default=2.9, help="default guidance written to the model (B 2.9, L 3.0, H 3.2)")
-    mr.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
-    mr.add_argument("--out", required=True)
-    mr.set_defaults(func=cmd_convert_mar)
-    fr = csub.add_parser("flowar", help="FlowAR transformer + flow head, with MAR's KL-16 VAE")
-    fr.add_argument("--flowar-ckpt", required=True, help="FlowAR-S.pth / FlowAR-L.pth / FlowAR-H.pth (or a training checkpoint)")
-    fr.add_argument("--vae-ckpt", required=True, help="MAR's kl16.ckpt")
-    fr.add_argument("--flowar-model", default="flowar_small", help="flowar_small, flowar_large, flowar_huge")
-    fr.add_argument("--flowar-config", help="JSON file of official FlowAR arguments (for custom sizes)")
-    fr.add_argument("--flowar-arg", action="append", help="official FlowAR key=value (repeatable)")
-    fr.add_argument("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable; default: kl16)")
-    fr.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
-                    help="training checkpoints: 'model' (auto, what main_flowar evaluates), 'model_ema' or 'model'")
-    fr.add_argument("--cfg", type=float, default=4.3, help="default guidance (S 4.3, L 2.4, H 2.4)")
-    fr.add_argument("--num-steps", type=int, default=25, help="flow steps per scale (S, L 25; H 50)")
-    fr.add_argument("--guidance-high", type=float, default=0.9, help="guidance interval top (S, L 0.9; H 0.7)")
-    fr.add_argument("--out", required=True)
-    fr.set_defaults(func=cmd_convert_flowar)
+    for fam in families():  # one subcommand per family with a converter, its arguments from its record
+        if fam.convert is not None:
+            cf = csub.add_parser(fam.name, help=fam.description)
+            for a in fam.convert_args:
+                cf.add_argument(*a.flags, **a.options)
+            cf.add_argument("--out", required=True)
+            cf.set_defaults(func=cmd_convert)
     from argen.eval.cli import add_eval_parser
 
     add_eval_parser(sub)

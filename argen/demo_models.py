@@ -18,10 +18,8 @@ from typing import Any
 import torch
 
 from argen.errors import ArgenError, UnknownModelError
+from argen.families import get_family
 from argen.pipeline import INDEX_NAME, ARPipeline
-
-# generator kind of each zoo family (known before any weights are read)
-FAMILY_KINDS = {"llamagen": "token", "var": "scale", "mar": "continuous", "flowar": "flow-scale"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ def model_info(name: str, checkpoint_dir: str | os.PathLike | None = None) -> Mo
         return folder_info(e.path, name, e.description)
     if name in OFFICIAL:
         e = OFFICIAL[name]
-        return ModelInfo(name, FAMILY_KINDS[e.family], 1000, imagenet_class_names(), dict(e.defaults),
+        return ModelInfo(name, get_family(e.family).kind, 1000, imagenet_class_names(), dict(e.defaults),
                          e.description, _official_is_local(e, checkpoint_dir))
     if Path(name).is_dir():
         return folder_info(name)

@@ -21,6 +21,7 @@ from argen.version import __version__
 from argen.errors import ConfigError
 from argen.images import to_pil
 from argen.components import load_component
+from argen.families import family_of
 from argen.modeling import Pretrained, read_json
 from argen.tokenizers.loading import load_tokenizer
 
@@ -77,14 +78,12 @@ class ARPipeline:
     ) -> None:
         self.generator = generator.eval()
         self.tokenizer = tokenizer.eval()
-        if getattr(generator, "kind", None) == "scale":  # a scale-wise model builds its inputs with the tokenizer
-            generator.bind_tokenizer(tokenizer)
-            image_size = image_size or tokenizer.image_size
-        # the tokenizer's latent grid the generator works on (MAR may pack p x p latents per token)
-        grid = getattr(generator, "latent_grid" if generator.kind == "continuous" else "token_grid", None)
-        if hasattr(generator, "check_tokenizer"):  # continuous-token models check the VAE they decode with
-            generator.check_tokenizer(tokenizer)
-        self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else None)
+        self.family = family_of(generator)
+        self.family.bind(generator, tokenizer)
+        # the tokenizer's latent grid the generator works on (MAR may pack p x p latents per token); a model
+        # without one (VAR's scales) takes the tokenizer's image size
+        grid = getattr(generator, "latent_grid", None) or getattr(generator, "token_grid", None)
+        self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else getattr(tokenizer, "image_size", None))
         if grid and self.image_size and tokenizer.latent_grid(self.image_size) != tuple(grid):
             raise ConfigError(
                 f"tokenizer grid {tokenizer.latent_grid(self.image_size)} at {self.image_size}px does not "
@@ -216,21 +215,11 @@ class ARPipeline:
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Codes (B, N) -> images (B, 3, H, W) in [-1, 1] (clamped). Scale-wise codes are flat, in scale
-        order; continuous tokens (B, N, C) are unpatchified to the tokenizer's latents."""
+        """Codes as the sampler gives them (token ids (B, N); scale-wise codes flat, in scale order; continuous
+        tokens (B, N, C)) -> images (B, 3, H, W) in [-1, 1] (clamped), decoded as the generator's family says."""
         dev = self.tokenizer_device
-        if self.tokenizer.kind == "multiscale":
-            outs = [self.tokenizer.decode(codes[i : i + batch_size].to(dev)) for i in range(0, codes.shape[0], batch_size)]
-            return torch.cat(outs).clamp(-1, 1)
-        if self.tokenizer.kind == "continuous":  # tokens (B, N, C) -> latents -> images
-            outs = [self.tokenizer.decode(self.generator.unpatchify(codes[i : i + batch_size]).to(dev))
-                    for i in range(0, codes.shape[0], batch_size)]
-            return torch.cat(outs).clamp(-1, 1)
-        grid = tuple(self.generator.token_grid)
-        outs = [
-            self.tokenizer.decode(codes[i : i + batch_size].view(-1, *grid).to(dev), grid)
-            for i in range(0, codes.shape[0], batch_size)
-        ]
+        outs = [self.family.decode(self.generator, self.tokenizer, codes[i : i + batch_size].to(dev))
+                for i in range(0, codes.shape[0], batch_size)]
         return torch.cat(outs).clamp(-1, 1)
 
     @property

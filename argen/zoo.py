@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from argen.errors import UnknownModelError
+from argen.errors import ConfigError, UnknownModelError
+from argen.families import get_family
+from argen.families.mar import MAR_EVAL
 from argen.hub import resolve_file
 from argen.pipeline import INDEX_NAME, ARPipeline
 
@@ -79,8 +81,6 @@ MAR_URLS = {
     "large": "https://www.dropbox.com/scl/fi/pxacc5b2mrt3ifw4cah6k/checkpoint-last.pth?rlkey=m48ovo6g7ivcbosrbdaz0ehqt&dl=1",
     "huge": "https://www.dropbox.com/scl/fi/1qmfx6fpy3k7j9vcjjs3s/checkpoint-last.pth?rlkey=4lae281yzxb406atp32vzc83o&dl=1",
 }
-# the official evaluation protocol (README FIDs): 256 iterations, 100 diffusion steps, linear cfg ramp
-MAR_EVAL = {"cfg_scale": 2.9, "cfg_schedule": "linear", "temperature": 1.0, "num_iter": 256, "diffusion_steps": 100}
 
 
 def _mar(size: str, cfg: float, params: str, fid: str) -> ZooEntry:
@@ -157,72 +157,16 @@ TOKENIZERS: dict[str, ZooEntry] = {
 }
 
 
-def _build_llamagen(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
-    from argen.convert.llamagen import load_gpt, load_vq
-
-    gen = load_gpt(paths["generator"], **entry.generator_args, device=device, dtype=dtype)
-    tok = load_vq(paths["tokenizer"], **entry.tokenizer_args, device=device)
-    return ARPipeline(gen, tok, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
-
-
-def _build_var(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
-    from argen.convert.var import load_var, load_var_vae
-
-    vae = load_var_vae(paths["tokenizer"], **entry.tokenizer_args, device=device)
-    gen = load_var(paths["generator"], **entry.generator_args, vae=vae, device=device, dtype=dtype)
-    return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
-
-
-def _build_mar(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
-    from argen.convert.mar import load_mar, load_vae
-
-    vae = load_vae(paths["tokenizer"], **entry.tokenizer_args, device=device)
-    gen = load_mar(paths["generator"], **entry.generator_args, device=device, dtype=dtype)
-    return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
-
-
-def _build_flowar(entry: ZooEntry, paths: dict[str, Path], device, dtype) -> ARPipeline:
-    from argen.convert.flowar import load_flowar
-    from argen.convert.mar import load_vae
-
-    vae = load_vae(paths["tokenizer"], **entry.tokenizer_args, device=device)
-    gen = load_flowar(paths["generator"], **entry.generator_args, device=device, dtype=dtype)
-    return ARPipeline(gen, vae, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
-
-
 def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
     """The official architecture with seeded random weights (output layers non-zero, so the logits
     are not all equal)."""
-    from argen.generators import MAR, VAR, FlowAR, FlowARConfig, LlamaGen, LlamaGenConfig, MARConfig, VARConfig
-    from argen.tokenizers import KLVAE, KLConfig, MultiScaleVQConfig, MultiScaleVQVAE, VQConfig, VQTokenizer
-
+    family = get_family(entry.family)
+    if family.random_weights is None:
+        raise ConfigError(f"the {family.name} family has no random-weights construction")
     torch.manual_seed(0)
-    if entry.family == "flowar":
-        tok = KLVAE(KLConfig.preset(entry.tokenizer_args["preset"]))
-        gen = FlowAR(FlowARConfig.preset(entry.generator_args["preset"]))
-        gen.init_weights()
-        torch.nn.init.normal_(gen.flownet.final_layer.linear.weight, std=0.02)  # a non-zero velocity
-    elif entry.family == "mar":
-        tok = KLVAE(KLConfig.preset(entry.tokenizer_args["preset"]))
-        gen = MAR(MARConfig.preset(entry.generator_args["preset"]))
-        gen.init_weights()
-        torch.nn.init.normal_(gen.diffloss.net.final_layer.linear.weight, std=0.02)
-    elif entry.family == "var":
-        tok = MultiScaleVQVAE(MultiScaleVQConfig.preset(entry.tokenizer_args["preset"]))
-        gen = VAR(VARConfig.preset(entry.generator_args["preset"]))
-        gen.init_weights()
-        gen.bind_tokenizer(tok)
-    else:
-        tok = VQTokenizer(VQConfig.preset(entry.tokenizer_args["preset"]))
-        args = dict(entry.generator_args)
-        gen = LlamaGen(LlamaGenConfig.preset(args.pop("preset"), **args))
-        gen.init_weights()
-        torch.nn.init.normal_(gen.output.weight, std=0.02)
+    gen, tok = family.random_weights(entry.generator_args, entry.tokenizer_args)
     gen = gen.to(device=device, dtype=dtype or torch.float32).eval()
     return ARPipeline(gen, tok.to(device).eval(), image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
-
-
-BUILDERS: dict[str, Callable[..., ARPipeline]] = {"llamagen": _build_llamagen, "var": _build_var, "mar": _build_mar, "flowar": _build_flowar}
 
 
 ASSETS = Path(os.environ.get("ARGEN_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
@@ -310,9 +254,13 @@ def load(
             f"unknown model {name!r}{hint}. Known models: {', '.join(known_names())} "
             f"(or pass a folder written by save_pretrained / `argen convert`)"
         )
+    family = get_family(entry.family)
+    if family.load_official is None:
+        raise ConfigError(f"the {family.name} family has no loader of official checkpoints")
     paths = {
         comp: resolve_file(entry.repo_id, fname, checkpoint_dir=checkpoint_dir, local_files_only=local_files_only,
                            url=entry.urls.get(comp))
         for comp, fname in entry.files.items()
     }
-    return BUILDERS[entry.family](entry, paths, device, dtype)
+    gen, tok = family.load_official(paths, entry.generator_args, entry.tokenizer_args, device, dtype)
+    return ARPipeline(gen, tok, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)

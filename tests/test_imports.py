@@ -80,3 +80,13 @@ def test_the_cycle_finder_finds_cycles():
     assert "argen.eval.cli" in graph["argen.cli"] and "argen.options" in graph["argen.bench"]
     graph["argen.options"].add("argen.cli")  # what the shared helpers used to be: a circle through the CLI
     assert any("argen.cli" in c and "argen.bench" in c for c in cycles(graph))
+
+
+def test_every_package_is_installed():
+    """pyproject lists packages one by one: a new sub-package left out works in the editable checkout but is
+    missing from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {mod for mod, path in _modules().items() if path.name == "__init__.py"}
+    assert found == listed

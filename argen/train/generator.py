@@ -1,33 +1,29 @@
-"""Training a generator on a trained tokenizer's codes: a LlamaGen-style GPT on a VQ tokenizer
-(next-token cross-entropy), a VAR transformer on a multi-scale VQ-VAE (next-scale cross-entropy) or
-MAR on a KL VAE's continuous tokens (masked diffusion loss), with class dropout (the CFG null class or
-MAR's fake latent) and an EMA of the weights. Result: an argen pretrained pipeline
-folder (generator = EMA weights, tokenizer, sampling defaults, class names) that ``argen.load`` takes."""
+"""Training a generator on a trained tokenizer's codes, for any family with a training recipe in its
+record (:mod:`argen.families`): a LlamaGen-style GPT on a VQ tokenizer (next-token cross-entropy), a VAR
+transformer on a multi-scale VQ-VAE (next-scale cross-entropy), MAR or FlowAR on a KL VAE's continuous
+tokens (masked diffusion, flow matching), with class dropout (the CFG null class or MAR's fake latent)
+and an EMA of the weights. Result: an argen pretrained pipeline folder (generator = EMA weights,
+tokenizer, sampling defaults, class names) that ``argen.load`` takes."""
 from __future__ import annotations
 
 import copy
 import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from argen.convert.checkpoint import load_into, read_state_dict
 from argen.errors import ConfigError
-from argen.generators.llamagen import LlamaGen, LlamaGenConfig
-from argen.generators.flowar import FlowAR, FlowARConfig
-from argen.generators.mar import MAR, MARConfig
-from argen.generators.var import VAR, VARConfig
+from argen.families import Family, family_for_tokenizer, get_family
+from argen.families.registry import next_token_loss  # noqa: F401  (the token families' loss, imported from here)
 from argen.images import make_grid
 from argen.modeling import CONFIG_NAME, WEIGHTS_NAME, config_to_dict, read_json
 from argen.pipeline import INDEX_NAME, ARPipeline
 from argen.tokenizers.loading import load_tokenizer
-from argen.tokenizers.msvq import MultiScaleVQVAE
-from argen.tokenizers.vq import VQTokenizer
 from argen.train.data import check_stride, make_dataset
 from argen.train.loop import (
     EMA,
@@ -44,82 +40,44 @@ from argen.train.loop import (
     train_time,
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(dim=64, n_layer=2, n_head=4, multiple_of=32),
-    "small": dict(dim=256, n_layer=6, n_head=8, multiple_of=64),
-}
-VAR_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(depth=2, embed_dim=64, num_heads=4),
-    "small": dict(depth=5, embed_dim=256, num_heads=8, shared_aln=True),
-}
-_MAR_SMALL_MODEL = dict(noise_schedule="linear", pos_embed_init="sincos", mask_ratio_dist="cosine", mask_ratio_min=0.0,
-                       attn_bias="distance", rope="2d", x0_loss_weight=1.0)
-MAR_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
-                 decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20", **_MAR_SMALL_MODEL),
-    "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50", **_MAR_SMALL_MODEL),
-}  # what a small MAR from scratch needs (MARConfig's comments say why; all but x0_head add no parameters).
-# Measured on shapes (8x8 tokens; the head's relative x0 error at alpha-bar 0.01 with 60 of 64 tokens known): 0.60
-# without the bias (1500 steps; 4 known: 0.61), 0.37 with the distance bias, 0.053 adding 2D RoPE + read-out (3000 steps).
-FLOWAR_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
-                 decoder_num_heads=4, diffloss_d=2, diffloss_w=64),
-    # width 192: FlowAR's AdaLN blocks make 256 wide 13.7M parameters, 27 MB in float16, over the bundle budget
-    "small": dict(encoder_embed_dim=192, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=192, decoder_depth=4,
-                  decoder_num_heads=8, diffloss_d=3, diffloss_w=192),
-}
-# the CLI's width/depth/heads flags in each family's argument names (MAR: encoder and decoder alike)
-_FLAG_NAMES = {"llamagen": ("dim", "n_layer", "n_head"), "var": ("embed_dim", "depth", "num_heads"),
-               "mar": (("encoder_embed_dim", "decoder_embed_dim"), ("encoder_depth", "decoder_depth"),
-                       ("encoder_num_heads", "decoder_num_heads"))}
-_FLAG_NAMES["flowar"] = _FLAG_NAMES["mar"]
-# per family: its training presets and its model config class
-_FAMILIES = {"llamagen": (PRESETS, LlamaGenConfig), "var": (VAR_PRESETS, VARConfig), "mar": (MAR_PRESETS, MARConfig),
-             "flowar": (FLOWAR_PRESETS, FlowARConfig)}
-# arguments the trainer derives from the tokenizer, the data and its own flags: not settable as overrides
-_DERIVED = {"img_size", "vae_stride", "vae_embed_dim", "class_num", "label_drop_prob", "attn_dropout", "proj_dropout",
-            "scale", "vocab_size", "num_classes", "Cvae", "patch_nums", "cond_drop_rate", "drop_rate", "block_size",
-            "class_dropout_prob", "token_dropout_p", "resid_dropout_p", "ffn_dropout_p"}
-
 
 def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None, **overrides: Any) -> dict[str, Any]:
-    """Model arguments of a training preset for ``family`` (llamagen, var, mar, flowar), with overrides
-    (any other argument of the family's config, e.g. MAR's ``mask_ratio_min``), checked by name."""
-    if family not in _FAMILIES:
-        raise ConfigError(f"unknown generator family {family!r}; known: {', '.join(_FAMILIES)}")
-    presets, config_class = _FAMILIES[family]
-    if preset not in presets:
-        raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(presets)}")
-    known = {f.name for f in fields(config_class)} - _DERIVED
+    """Model arguments of a training preset for ``family`` (llamagen, var, mar, flowar, or any registered
+    family with a training recipe), with overrides (any other argument of the family's config, e.g. MAR's
+    ``mask_ratio_min``), checked by name."""
+    fam = get_family(family)
+    if preset not in fam.train_presets:
+        raise ConfigError(f"unknown generator preset {preset!r}; known: {', '.join(fam.train_presets)}")
+    known = fam.config_fields() - fam.derived
     unknown = sorted(set(overrides) - known)
     if unknown:
-        derived = [k for k in unknown if k in _DERIVED]
+        derived = [k for k in unknown if k in fam.derived]
         raise ConfigError(f"unknown {family} config option(s) {', '.join(unknown)}"
                           + (f" ({', '.join(derived)}: set from the tokenizer, data or flags)" if derived else "")
                           + f"; known: {', '.join(sorted(known))}")
-    flags = {}
-    for names, value in zip(_FLAG_NAMES[family], (width, depth, heads)):
-        for name in (names if isinstance(names, tuple) else (names,)):
-            flags[name] = value
-    return {**presets[preset], **{k: v for k, v in {**flags, **overrides}.items() if v is not None}}
+    flags = {name: value for names, value in zip(fam.size_args, (width, depth, heads)) for name in names}
+    return {**fam.train_presets[preset], **{k: v for k, v in {**flags, **overrides}.items() if v is not None}}
 
 
 LATENT_MODES = ("sample", "mean")
 
 
-def next_token_loss(model: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced cross-entropy of codes (B, N) given the classes (token-wise: next token;
-    scale-wise: every scale from the coarser ones)."""
-    logits = model(codes, labels)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+# what `argen train tokenizer --kind` makes, for each kind of tokenizer a family models
+TOKENIZER_NEEDS = {"discrete": ("a VQ", "vq"), "multiscale": ("a multi-scale VQ", "multiscale"),
+                   "continuous": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl")}
 
 
-def doubling_scales(latent: int) -> list[int]:
-    """FlowAR's scale schedule for a latent size: 1, 2, 4, ... up to it (a power of two)."""
-    if latent < 1 or latent & (latent - 1):
-        raise ConfigError(f"FlowAR needs a power-of-two latent size (scales double up to it), got {latent}")
-    return [2**i for i in range(latent.bit_length())]
+def training_family(tokenizer: Any, family: str | None, source: str) -> Family:
+    """The family a run trains on ``tokenizer`` (read from ``source``): the one named, or the first
+    registered for the tokenizer's kind; one that models another kind of tokenizer is an error."""
+    fam = get_family(family) if family else family_for_tokenizer(tokenizer.kind)
+    if fam.tokenizer_kind != tokenizer.kind:
+        what, kind = TOKENIZER_NEEDS.get(fam.tokenizer_kind, (f"a {fam.tokenizer_kind}", fam.tokenizer_kind))
+        raise ConfigError(f"--kind {fam.name} needs {what} tokenizer, but {source} holds a {tokenizer.registry_name!r} "
+                          f"(train it with --kind {kind})")
+    if not fam.trainable:
+        raise ConfigError(f"the {fam.name} family has no training recipe")
+    return fam
 
 
 def train_generator(
@@ -150,60 +108,19 @@ def train_generator(
     if latents != "sample" and not continuous:
         raise ConfigError(f"latents={latents!r} is for a continuous (KL VAE) tokenizer; {tokenizer_dir} holds "
                           f"a discrete {tok.registry_name!r}")
-    if not (continuous or isinstance(tok, (VQTokenizer, MultiScaleVQVAE))):
-        raise ConfigError(f"{tokenizer_dir} holds a {tok.registry_name!r}, not a VQ, multi-scale VQ or continuous "
-                          "(KL VAE, diffusers AutoencoderKL) tokenizer")
+    fam = training_family(tok, family, tokenizer_dir)
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, hflip=settings.hflip,
                                                   random_crop=settings.random_crop, seed=settings.seed)
-    h, w = tok.latent_grid(settings.resolution)
     seed_step(settings.seed, "init")  # the initial weights: the run's seed alone
-    if continuous and family == "flowar":
-        cfg = FlowARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
-                           vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
-                           attn_dropout=dropout, proj_dropout=dropout, scale=doubling_scales(h))
-        model = FlowAR(cfg)
-        model.init_weights()
-    elif continuous:
-        cfg = MARConfig(**model_args, img_size=settings.resolution, vae_stride=tok.downsample,
-                        vae_embed_dim=tok.latent_channels, class_num=len(class_names), label_drop_prob=class_dropout,
-                        attn_dropout=dropout, proj_dropout=dropout)
-        model = MAR(cfg)
-        model.init_weights()
-    elif isinstance(tok, MultiScaleVQVAE):
-        cfg = VARConfig(
-            **model_args,
-            vocab_size=tok.codebook_size,
-            num_classes=len(class_names),
-            Cvae=tok.config.z_channels,
-            patch_nums=tok.patch_nums,
-            cond_drop_rate=class_dropout,
-            drop_rate=dropout,
-        )
-        model = VAR(cfg)
-        model.init_weights()
-        model.bind_tokenizer(tok)
-    else:
-        if h != w:
-            raise ConfigError("LlamaGen's 2D RoPE needs a square token grid")
-        cfg = LlamaGenConfig(
-            **model_args,
-            vocab_size=tok.codebook_size,
-            block_size=h * w,
-            num_classes=len(class_names),
-            class_dropout_prob=class_dropout,
-            token_dropout_p=dropout,
-            resid_dropout_p=dropout,
-            ffn_dropout_p=dropout,
-        )
-        model = LlamaGen(cfg)
-        model.init_weights()
+    model = fam.new_generator(tok, model_args, resolution=settings.resolution, num_classes=len(class_names),
+                              class_dropout=class_dropout, dropout=dropout)
     if init_from:
         init_weights_from(model, init_from)
     ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
-    meta = {"kind": "generator", "config": asdict(cfg), "resolution": settings.resolution, "data": settings.data,
+    meta = {"kind": "generator", "config": asdict(model.config), "resolution": settings.resolution, "data": settings.data,
             "augment": settings.augment, "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
     if continuous:
         meta["latents"] = latents
@@ -214,7 +131,7 @@ def train_generator(
     tok = tok.to(acc.device).eval().requires_grad_(False)
     model, opt = acc.prepare(model, opt)
     loader = step_loader(dataset, settings, acc, start, infinite)
-    defaults = dict(sample_defaults or {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0})
+    defaults = dict(sample_defaults or fam.sample_defaults(3.0, 0, tok.latent_grid(settings.resolution)))
     bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="generator")
     t0, logs, recent = time.time(), {}, RecentMeans()
     for step, (images, labels) in enumerate(loader, start=start):
@@ -224,19 +141,10 @@ def train_generator(
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
-        with torch.no_grad():
-            if continuous:  # FlowAR: scaled latents, split per scale inside; MAR: patchified tokens
-                codes = tok.encode(images.to(acc.device), sample=latents == "sample")
-                if family != "flowar":
-                    codes = acc.unwrap_model(model).patchify(codes)
-            else:
-                codes = tok.encode(images.to(acc.device))
-                codes = tok.flatten_codes(codes) if isinstance(tok, MultiScaleVQVAE) else codes.flatten(1)
+        with torch.no_grad():  # the family's targets: token ids, scale codes, MAR's patchified or FlowAR's latents
+            codes = fam.train_targets(acc.unwrap_model(model), tok, images.to(acc.device), latents == "sample")
         with acc.autocast():
-            if continuous:
-                loss = model(codes, labels.to(acc.device))  # MAR's masked diffusion / FlowAR's flow matching
-            else:
-                loss = next_token_loss(model, codes, labels.to(acc.device))
+            loss = fam.train_loss(model, codes, labels.to(acc.device))
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         if settings.grad_clip:
