@@ -8,8 +8,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from argen.convert.checkpoint import WEIGHTS
 from argen.errors import ArgenError, ConfigError
 from argen.families import families, family_for_tokenizer, get_family
 from argen.options import parse_key_values
@@ -29,6 +30,18 @@ def _dtype(name: str | None):
     return getattr(torch, DTYPES[name])
 
 
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --checkpoint-dir: where and how a command loads its models (read by _load_args)."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", help="float32 (default), bfloat16, float16")
+    p.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+
+
+def _load_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``argen.load`` (and the demo's) from the flags of :func:`_add_load_args`."""
+    return {"device": args.device, "dtype": _dtype(args.dtype), "checkpoint_dir": args.checkpoint_dir}
+
+
 # -- generate --------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     import argen
@@ -36,7 +49,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from argen.zoo import DEFAULT_MODEL, IMAGENET_DEMO_CLASSES
 
-    pipe = argen.load(args.model or DEFAULT_MODEL, device=args.device, dtype=_dtype(args.dtype), checkpoint_dir=args.checkpoint_dir)
+    pipe = argen.load(args.model or DEFAULT_MODEL, **_load_args(args))
     classes = args.classes
     if not classes:
         n = pipe.generator.num_classes
@@ -100,8 +113,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from argen.demo import launch
 
-    launch(args.host, args.port, args.share, models=args.model, device=args.device, dtype=_dtype(args.dtype),
-           checkpoint_dir=args.checkpoint_dir, max_loaded=args.max_loaded, queue_size=args.queue_size)
+    launch(args.host, args.port, args.share, models=args.model, **_load_args(args), max_loaded=args.max_loaded,
+           queue_size=args.queue_size)
     return 0
 
 
@@ -116,8 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                       temperature=args.temperature).items() if v is not None}
     reports = []
     for name in args.model or [DEFAULT_MODEL]:
-        pipe = argen.load(name, device=args.device, dtype=_dtype(args.dtype),
-                          checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights)
+        pipe = argen.load(name, **_load_args(args), random_weights=args.random_weights)
         # default: every sampler that can drive this model (token-wise: sjd; the others: plain only)
         samplers = args.samplers if args.samplers is not None else [s for s in samplers_for(pipe.generator) if s != "ar"]
         classes = pipe.resolve_classes(args.classes) if args.classes else None
@@ -293,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-max", type=int, default=64, help="images shown in the grid at most (the first ones)")
     g.add_argument("--save-images", metavar="DIR", help="also write each image as a PNG, batch by batch as they finish")
     g.add_argument("--ncols", type=int)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", help="float32 (default), bfloat16, float16")
-    g.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+    _add_load_args(g)
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
 
@@ -373,9 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top-p", type=float)
     b.add_argument("--temperature", type=float)
     b.add_argument("--random-weights", action="store_true", help="official architecture, random weights (no download)")
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--dtype", help="float32 (default), bfloat16, float16")
-    b.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+    _add_load_args(b)
     b.add_argument("--out", default="argen_bench.json", help="JSON report path")
     b.set_defaults(func=cmd_bench)
 
@@ -384,9 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--port", type=int, default=7860)
     dm.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     dm.add_argument("--model", "-m", action="append", help="model to offer (repeatable; default: every model usable here)")
-    dm.add_argument("--device", default="cpu")
-    dm.add_argument("--dtype", help="float32 (default), bfloat16, float16")
-    dm.add_argument("--checkpoint-dir", help="folder holding official weight files (no download)")
+    _add_load_args(dm)
     dm.add_argument("--max-loaded", type=int, default=2, help="pipelines kept in memory at once")
     dm.add_argument("--queue-size", type=int, default=16, help="requests that may wait in the queue")
     dm.set_defaults(func=cmd_demo)
@@ -402,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
             cf = csub.add_parser(fam.name, help=fam.description)
             for a in fam.convert_args:
                 cf.add_argument(*a.flags, **a.options)
+            cf.add_argument("--weights", choices=WEIGHTS, default="auto",
+                            help="the generator's weights in a training checkpoint: auto (what the family's official "
+                                 "evaluation loads: MAR's EMA, the others' live weights), ema or raw (the live ones); "
+                                 "a flat release file loads with auto or raw")
             cf.add_argument("--out", required=True)
             cf.set_defaults(func=cmd_convert)
     from argen.eval.cli import add_eval_parser

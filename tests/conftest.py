@@ -2,6 +2,7 @@
 models."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -18,40 +19,116 @@ REFERENCE = Path(os.environ["ARGEN_SHARED"]) / "reference" if os.environ.get("AR
 FIXTURES = REFERENCE / "fixtures"
 LAYOUTS = REFERENCE / "layouts"
 
-if not FIXTURES.is_dir():
-    raise RuntimeError(f"official reference data not found at {REFERENCE} (tests/reference, or $ARGEN_SHARED/reference)")
+
+def _skip_missing(path: Path | str) -> None:
+    pytest.skip(f"official reference data not found: {path} (tests/reference, or $ARGEN_SHARED/reference)",
+                allow_module_level=True)
+
+
+def reference_layouts(pattern: str) -> set[str]:
+    """Names of the layouts matching ``pattern``; the test skips where the layouts folder is absent."""
+    if not LAYOUTS.is_dir():
+        _skip_missing(LAYOUTS)
+    return {p.stem for p in LAYOUTS.glob(pattern)}
+
+
+def reference_file(path: Path) -> Path:
+    """``path`` in the reference data; where the data is absent, the test (or the module reading it at import)
+    that needs it skips, saying so -- the rest of the suite runs."""
+    if not path.is_file():
+        _skip_missing(path)
+    return path
+
+
+@contextlib.contextmanager
+def _missing_reference_skips():
+    """A reference file read directly (``FIXTURES / name``) that is absent skips, like :func:`reference_file`."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        missing = Path(str(e.filename or ""))
+        if e.filename and missing.is_relative_to(REFERENCE) and not missing.exists():
+            _skip_missing(missing)
+        raise
+
+
+class _Module(pytest.Module):
+    """A test module that reads absent reference data at import is skipped with the reason, not a collection
+    error that stops the whole run."""
+
+    def _getobj(self):
+        with _missing_reference_skips():
+            return super()._getobj()
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent):
+    if module_path.name != "__init__.py":
+        return _Module.from_parent(parent, path=module_path)
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _missing_reference_skips():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _missing_reference_skips():
+        return (yield)
 
 
 def fixture_config(name: str, drop: tuple[str, ...] = ()) -> dict:
-    cfg = json.loads((FIXTURES / f"{name}.json").read_text())["config"]
+    cfg = json.loads(reference_file(FIXTURES / f"{name}.json").read_text())["config"]
     return {k: v for k, v in cfg.items() if k not in drop}
 
 
 def fixture_weights(name: str) -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / f"{name}.weights.safetensors"))
+    return load_file(str(reference_file(FIXTURES / f"{name}.weights.safetensors")))
 
 
 def fixture_io(name: str) -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / f"{name}.io.safetensors"))
+    return load_file(str(reference_file(FIXTURES / f"{name}.io.safetensors")))
 
 
-# official constructor arguments of the tiny fixtures (the JSON adds derived, non-argument fields)
-GPT_TINY_ARGS = fixture_config("llamagen_gpt_tiny", drop=("ffn_hidden",))
-VQ_TINY_ARGS = fixture_config("llamagen_vq_tiny", drop=("image_size",))
+# official constructor arguments of the tiny fixtures (the JSON adds derived, non-argument fields), read when a
+# test module imports them (so a missing fixture skips that module only)
+def gpt_tiny_args() -> dict:
+    return fixture_config("llamagen_gpt_tiny", drop=("ffn_hidden",))
+
+
+def vq_tiny_args() -> dict:
+    return fixture_config("llamagen_vq_tiny", drop=("image_size",))
+
+
+def __getattr__(name: str):
+    if name in ("GPT_TINY_ARGS", "VQ_TINY_ARGS"):
+        return gpt_tiny_args() if name == "GPT_TINY_ARGS" else vq_tiny_args()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two cores shared with other jobs: one torch thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
 def gpt_tiny():
     from argen.convert.llamagen import load_gpt
 
-    return load_gpt(fixture_weights("llamagen_gpt_tiny"), **GPT_TINY_ARGS)
+    return load_gpt(fixture_weights("llamagen_gpt_tiny"), **gpt_tiny_args())
 
 
 @pytest.fixture(scope="session")
 def vq_tiny():
     from argen.convert.llamagen import load_vq
 
-    return load_vq(fixture_weights("llamagen_vq_tiny"), **VQ_TINY_ARGS)
+    return load_vq(fixture_weights("llamagen_vq_tiny"), **vq_tiny_args())
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +147,12 @@ def official_ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("official")
     torch.save({"model": fixture_weights("llamagen_gpt_tiny"), "steps": 1}, d / "gpt.pt")
     torch.save({"model": fixture_weights("llamagen_vq_tiny")}, d / "vq.pt")
-    (d / "gpt.json").write_text(json.dumps(GPT_TINY_ARGS))
-    (d / "vq.json").write_text(json.dumps(VQ_TINY_ARGS))
+    (d / "gpt.json").write_text(json.dumps(gpt_tiny_args()))
+    (d / "vq.json").write_text(json.dumps(vq_tiny_args()))
     return d
+
+
+LLAMAGEN_TINY_DEFAULTS = {"cfg_scale": 4.0, "top_k": 8}  # the sampling options of the tiny LlamaGen pipelines
 
 
 @pytest.fixture()
@@ -81,4 +161,59 @@ def tiny_pipe(gpt_tiny, vq_tiny):
 
     from argen import ARPipeline
 
-    return ARPipeline(copy.deepcopy(gpt_tiny), copy.deepcopy(vq_tiny), defaults={"cfg_scale": 4.0, "top_k": 8}, name="tiny")
+    return ARPipeline(copy.deepcopy(gpt_tiny), copy.deepcopy(vq_tiny), defaults=dict(LLAMAGEN_TINY_DEFAULTS), name="tiny")
+
+
+# -- a tiny pipeline of every registered family (tests/test_contract.py runs each through the contract) ------
+def _tiny_llamagen():
+    from argen.convert.llamagen import load_gpt, load_vq
+
+    gen = load_gpt(fixture_weights("llamagen_gpt_tiny"), **gpt_tiny_args())
+    return gen, load_vq(fixture_weights("llamagen_vq_tiny"), **vq_tiny_args()), dict(LLAMAGEN_TINY_DEFAULTS)
+
+
+def _tiny_var():
+    from argen.convert.var import load_var, load_var_vae
+
+    cfg = fixture_config("var_tiny")
+    vae = load_var_vae(fixture_weights("var_tiny_vqvae"), **{k: v for k, v in cfg["vae"].items() if k != "image_size"})
+    return load_var(fixture_weights("var_tiny"), vae=vae, drop_path_rate=0.0, **cfg["var"]), vae, {"cfg_scale": 1.5, "top_k": 10}
+
+
+def _kl_vae(gen):
+    """A random KL VAE (64 px, 16x down) with the latent channels ``gen`` models."""
+    from argen.tokenizers import KLVAE, KLConfig
+
+    return KLVAE(KLConfig(embed_dim=gen.config.vae_embed_dim, ch=32, ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1))
+
+
+def _tiny_mar():
+    from argen.generators import MAR, MARConfig
+
+    gen = MAR(MARConfig(**fixture_config("mar_tiny")))
+    gen.load_state_dict(fixture_weights("mar_tiny"))
+    return gen, _kl_vae(gen), {"cfg_scale": 2.0, "num_iter": 2, "diffusion_steps": 2}
+
+
+def _tiny_flowar():
+    from argen.generators import FlowAR, FlowARConfig
+
+    gen = FlowAR(FlowARConfig(**fixture_config("flowar_tiny", drop=("seq_len", "latent_hw"))))
+    gen.load_state_dict(fixture_weights("flowar_tiny"))
+    return gen, _kl_vae(gen), {"cfg_scale": 2.0, "num_steps": 2}
+
+
+TINY_PIPELINES = {"llamagen": _tiny_llamagen, "var": _tiny_var, "mar": _tiny_mar, "flowar": _tiny_flowar}
+
+
+def tiny_family_pipe(family: str):
+    """A tiny pipeline of ``family`` (its fixture weights; random VAEs seeded) and sampling options that keep it
+    fast -> (pipeline, options). Every registered family needs one here."""
+    from argen import ARPipeline
+
+    if family not in TINY_PIPELINES:
+        pytest.fail(f"add a tiny configuration for family {family!r} to TINY_PIPELINES in tests/conftest.py "
+                    "(every registered family runs through tests/test_contract.py)")
+    torch.manual_seed(0)
+    gen, tok, opts = TINY_PIPELINES[family]()
+    return ARPipeline(gen.eval(), tok.eval(), defaults=opts, name=f"{family}-tiny"), opts

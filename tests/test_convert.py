@@ -29,9 +29,15 @@ def test_tolerated_non_weight_entries_and_ema(tmp_path, sd):
     ema = {k: v + 1 for k, v in sd.items()}
     torch.save({"model": extra, "ema": ema}, tmp_path / "c.pt")
     plain = load_gpt(tmp_path / "c.pt", **GPT_TINY_ARGS)
-    averaged = load_gpt(tmp_path / "c.pt", ema=True, **GPT_TINY_ARGS)
+    averaged = load_gpt(tmp_path / "c.pt", weights="ema", **GPT_TINY_ARGS)
     assert torch.equal(plain.output.weight, sd["output.weight"])
     assert torch.equal(averaged.output.weight, ema["output.weight"])
+    assert torch.equal(load_gpt(tmp_path / "c.pt", weights="raw", **GPT_TINY_ARGS).output.weight, sd["output.weight"])
+    with pytest.raises(ConfigError, match="auto, ema, raw"):
+        load_gpt(tmp_path / "c.pt", weights="average", **GPT_TINY_ARGS)
+    torch.save({"model": sd, "steps": 3}, tmp_path / "no_ema.pt")
+    with pytest.raises(CheckpointError, match="no 'ema' entry; its keys: model, steps"):
+        load_gpt(tmp_path / "no_ema.pt", weights="ema", **GPT_TINY_ARGS)
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(sd):
@@ -102,3 +108,21 @@ def test_vq_preset_with_overrides_loads_the_fixture():
     assert vq.codebook_size == 64 and vq.downsample == 4 and vq.latent_grid(16) == (4, 4)
     with pytest.raises(ConfigError, match="not divisible"):
         vq.latent_grid(18)
+
+
+def test_every_loader_and_convert_subcommand_takes_one_weights_choice():
+    """`weights="auto" | "ema" | "raw"` on every official loader; one `--weights` on every `argen convert`."""
+    import inspect
+
+    from argen.cli import build_parser
+    from argen.convert import flowar, llamagen, mar, var
+    from argen.families import families
+
+    loaders = [llamagen.load_gpt, llamagen.load_vq, var.load_var, var.load_var_vae, mar.load_mar, mar.load_vae,
+               flowar.load_flowar]
+    assert all(inspect.signature(f).parameters["weights"].default == "auto" for f in loaders)
+    convert = next(a for a in build_parser()._actions if a.dest == "command").choices["convert"]
+    for fam in families():
+        sub = next(a for a in convert._actions if a.dest == "family").choices[fam.name]
+        flag = next(a for a in sub._actions if "--weights" in a.option_strings)
+        assert list(flag.choices) == ["auto", "ema", "raw"] and flag.default == "auto"

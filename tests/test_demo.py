@@ -22,22 +22,13 @@ import argen  # noqa: E402
 from argen import demo as app  # noqa: E402
 from argen.demo_models import PipelineCache, model_info  # noqa: E402
 from argen.preview import Finished, Preview, decode_partial, generate_stream  # noqa: E402
-from conftest import fixture_config, fixture_weights  # noqa: E402
+from conftest import tiny_family_pipe  # noqa: E402
 
 # gradio's queue (not this code) trips pandas 3 deprecations
 pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"), pytest.mark.usefixtures("one_thread")]
 MODEL = "shapes-llamagen"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: one torch thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -150,32 +141,9 @@ def test_token_preview_greys_out_what_is_not_sampled(shapes):
     assert part.shape == (1, 3, 64, 64) and part[..., 24:, :].abs().max() == 0 and part[..., :24, :].abs().max() > 0
 
 
-def _tiny_pipe(kind: str):
-    from argen.convert.var import load_var, load_var_vae
-    from argen.generators import MAR, FlowAR, FlowARConfig, MARConfig
-    from argen.tokenizers import KLVAE, KLConfig
-
-    torch.manual_seed(0)
-    if kind == "var":
-        cfg = fixture_config("var_tiny")
-        vae = load_var_vae(fixture_weights("var_tiny_vqvae"), **{k: v for k, v in cfg["vae"].items() if k != "image_size"})
-        gen = load_var(fixture_weights("var_tiny"), vae=vae, drop_path_rate=0.0, **cfg["var"])
-        return argen.ARPipeline(gen, vae), {"cfg_scale": 1.5, "top_k": 10}
-    if kind == "mar":
-        gen = MAR(MARConfig(**fixture_config("mar_tiny")))
-        gen.load_state_dict(fixture_weights("mar_tiny"))
-        opts = {"cfg_scale": 2.0, "num_iter": 3, "diffusion_steps": 2}
-    else:
-        gen = FlowAR(FlowARConfig(**fixture_config("flowar_tiny", drop=("seq_len", "latent_hw"))))
-        gen.load_state_dict(fixture_weights("flowar_tiny"))
-        opts = {"cfg_scale": 2.0, "num_steps": 3}
-    vae = KLVAE(KLConfig(embed_dim=gen.config.vae_embed_dim, ch=32, ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1))
-    return argen.ARPipeline(gen.eval(), vae.eval()), opts
-
-
 @pytest.mark.parametrize("kind", ["var", "mar", "flowar"])
 def test_stream_previews_every_step_for_other_model_kinds(kind):
-    pipe, opts = _tiny_pipe(kind)
+    pipe, opts = tiny_family_pipe(kind)
     events = list(generate_stream(pipe, [1, 2], seed=4, preview_every=1, **opts))
     previews, done = events[:-1], events[-1]
     steps = len(pipe.tokenizer.patch_nums) if kind == "var" else opts.get("num_iter", 3)  # FlowAR: 3 scales

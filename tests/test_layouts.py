@@ -10,7 +10,7 @@ from argen.convert.llamagen import gpt_config, vq_config
 from argen.generators import LlamaGen
 from argen.tokenizers import VQTokenizer
 
-from conftest import LAYOUTS
+from conftest import LAYOUTS, reference_layouts
 
 GPT = {
     "llamagen_gpt_b_c2i": dict(preset="GPT-B"),
@@ -24,7 +24,7 @@ VQ = {"llamagen_vq_16": "VQ-16", "llamagen_vq_8": "VQ-8"}
 
 
 def test_every_llamagen_layout_is_covered():
-    names = {p.stem for p in LAYOUTS.glob("llamagen_*.json")}
+    names = reference_layouts("llamagen_*.json")
     assert names == set(GPT) | set(VQ)
 
 

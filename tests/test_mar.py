@@ -439,15 +439,15 @@ def test_load_mar_takes_the_ema_weights_by_default(tmp_path):
     weights, ema = _official_files(tmp_path)
     m = load_mar(tmp_path / "checkpoint-last.pth", **TINY_MAR_ARGS)
     torch.testing.assert_close(m.fake_latent, ema["fake_latent"])
-    raw = load_mar(tmp_path / "checkpoint-last.pth", ema=False, **TINY_MAR_ARGS)
+    raw = load_mar(tmp_path / "checkpoint-last.pth", weights="raw", **TINY_MAR_ARGS)
     torch.testing.assert_close(raw.fake_latent, weights["fake_latent"])
     torch.save({"model": weights}, tmp_path / "raw_only.pth")
-    with pytest.raises(ConfigError, match="ema=False"):
+    from argen.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no 'model_ema' entry; its keys: model.*weights='raw'"):
         load_mar(tmp_path / "raw_only.pth", **TINY_MAR_ARGS)
     with pytest.raises(ConfigError, match="preset"):
         load_mar(tmp_path / "checkpoint-last.pth")
-    from argen.errors import CheckpointError
-
     with pytest.raises(CheckpointError, match="diffloss.net.final_layer.linear.bias"):
         load_mar({"model_ema": {k: v for k, v in ema.items() if k != "diffloss.net.final_layer.linear.bias"}},
                  **TINY_MAR_ARGS)

@@ -117,14 +117,6 @@ def test_official_checkpoint_file(tmp_path, io):
     assert "unexpected keys (1): decoder.up.0.attn.0.q.weight" in str(err.value)
 
 
-def test_save_and_load_pretrained(vae, io, tmp_path):
-    vae.save_pretrained(tmp_path / "kl")
-    again = KLVAE.from_pretrained(tmp_path / "kl")
-    assert again.config == vae.config
-    with torch.no_grad():
-        torch.testing.assert_close(again.encode(io["image"]), vae.encode(io["image"]))
-
-
 def test_kl16_layout_loads_strictly():
     layout = json.loads((LAYOUTS / "mar_vae_kl16.json").read_text())
     model = KLVAE.from_config(KLConfig.preset("kl16"), device="meta")

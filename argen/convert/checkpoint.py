@@ -9,12 +9,22 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from argen.errors import CheckpointError
+from argen.errors import CheckpointError, ConfigError
 
 StateDict = dict[str, torch.Tensor]
+Checkpoint = str | os.PathLike | Mapping[str, Any]  # a file, or a state dict already in memory
+
+# which weights of a training checkpoint a loader takes: the family's choice, the EMA average, or the live ones
+WEIGHTS = ("auto", "ema", "raw")
+RAW_KEYS = ("model", "module", "state_dict")  # DDP, deepspeed, Lightning-style wrappings of the live weights
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> Any:
+def source_name(checkpoint: Checkpoint) -> str:
+    """How messages name a checkpoint: its path, or "state dict" for one passed in memory."""
+    return "state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
+
+
+def read_state_dict(source: Checkpoint) -> Any:
     """Read a checkpoint: ``.safetensors`` with safetensors, anything else with
     ``torch.load(weights_only=True)`` (never unpickling arbitrary objects). A mapping is returned as is."""
     if isinstance(source, Mapping):
@@ -40,7 +50,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> Any:
         ) from None
 
 
-def unwrap(obj: Any, keys: Iterable[str] = ("model", "module", "state_dict"), *, source: str = "") -> StateDict:
+def unwrap(obj: Any, keys: Iterable[str] = RAW_KEYS, *, source: str = "") -> StateDict:
     """Return the state dict inside an official checkpoint: the first of ``keys`` that is present
     (DDP ``["model"]``, deepspeed ``["module"]``, ...), else the object itself if it is already a
     flat state dict (FSDP files)."""
@@ -57,6 +67,29 @@ def unwrap(obj: Any, keys: Iterable[str] = ("model", "module", "state_dict"), *,
             f"its keys: {', '.join(list(map(str, obj))[:10])}"
         )
     return tensors
+
+
+def select_weights(obj: Any, weights: str, *, auto: str, ema_key: str | None, raw_keys: Iterable[str] = RAW_KEYS,
+                   source: str = "") -> StateDict:
+    """The state dict a loader's ``weights`` ("auto" | "ema" | "raw") picks in an official file.
+
+    "ema" is ``obj[ema_key]``; "raw" the first of ``raw_keys`` present, or a flat file as is; "auto" is
+    the family's ``auto`` choice, except that a flat file (one set of weights, the release format) loads
+    as is. A wrapped file without the chosen weights is an error naming the keys it holds."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    raw_keys = tuple(raw_keys)
+    kind = auto if weights == "auto" else weights
+    if kind == "ema" and isinstance(obj, Mapping):
+        if ema_key is not None and isinstance(obj.get(ema_key), Mapping):
+            return unwrap(obj, (ema_key,), source=source)
+        wrapped = any(isinstance(obj.get(k), Mapping) for k in raw_keys)
+        if wrapped or weights == "ema":
+            what = f"no {ema_key!r} entry" if ema_key else "this format keeps none"
+            held = f"its keys: {_listing(list(map(str, obj)))}" if wrapped else "it is a flat state dict, one set of weights"
+            raise CheckpointError(f"{source or 'checkpoint'} has no EMA weights ({what}; {held}); "
+                                  "pass weights='raw' to load the live weights")
+    return unwrap(obj, raw_keys, source=source)
 
 
 def _listing(names: list[str], limit: int = 12) -> str:
@@ -88,6 +121,13 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
         )
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied where its storage is not 64-byte aligned (a safetensors file packs tensors at any offset).
+    Assigned as a parameter, an unaligned tensor changes the CPU kernels' rounding: a reloaded model would
+    not reproduce its own outputs bit for bit."""
+    return t if t.device.type != "cpu" or t.data_ptr() % 64 == 0 else t.clone()
+
+
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "") -> nn.Module:
     """Strictly load ``state`` into ``model`` (which may live on the meta device), keeping the
     model's parameter dtypes; buffers computed from the config are rebuilt afterwards."""
@@ -96,7 +136,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: st
     if on_meta:
         ref = model.state_dict()
         state = {
-            k: v.to(ref[k].dtype) if v.is_floating_point() and v.dtype != ref[k].dtype else v
+            k: v.to(ref[k].dtype) if v.is_floating_point() and v.dtype != ref[k].dtype else _aligned(v)
             for k, v in state.items()
         }
         model.load_state_dict(state, strict=True, assign=True)
@@ -109,3 +149,12 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: st
         if init is not None:
             init()
     return model
+
+
+def build_loaded(cls: type, config: Any, state: Mapping[str, torch.Tensor], *, source: str = "",
+                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
+    """``cls`` built on the meta device (no memory for random weights), ``state`` loaded strictly, moved to
+    ``device`` / ``dtype``, in eval mode: the last step of every official loader."""
+    model = cls.from_config(config, device="meta")
+    load_into(model, state, source=source)
+    return model.to(device=device, dtype=dtype).eval()

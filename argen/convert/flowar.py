@@ -9,57 +9,36 @@ is found:
   {"model", "model_ema", "optimizer", "epoch", "scaler", "args"}.
 
     model = load_flowar("FlowAR-S.pth", "flowar_small")
-    model = load_flowar("checkpoint-last.pth", "flowar_large", ema=True)   # the EMA weights
+    model = load_flowar("checkpoint-last.pth", "flowar_large", weights="ema")   # the EMA weights
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from argen.convert.checkpoint import load_into, read_state_dict, unwrap
-from argen.convert.llamagen import Checkpoint
+from argen.convert.checkpoint import Checkpoint, build_loaded, read_state_dict, select_weights, source_name
 from argen.errors import ConfigError
 from argen.generators.flowar import PRESETS, FlowAR, FlowARConfig
-
-
-def flowar_state(raw: Any, ema: bool | None, source: str) -> dict[str, torch.Tensor]:
-    """The state dict inside an official FlowAR file. ``ema`` None: a flat file as is, a training
-    checkpoint's live ``["model"]`` (what main_flowar.py evaluates); True / False: ``["model_ema"]`` /
-    ``["model"]`` of a training checkpoint (True on a flat file is an error)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source} does not hold a FlowAR state dict (got {type(raw).__name__})")
-    wrapped = "model" in raw or "model_ema" in raw
-    if ema and not wrapped:
-        raise ConfigError(f"{source} is a flat state dict (the release format, one set of weights): it has no "
-                          "'model_ema'; pass ema=None (or False) to load it")
-    if ema and "model_ema" not in raw:
-        raise ConfigError(f"{source} has no EMA weights ('model_ema'); pass ema=False to load the raw 'model' weights")
-    key = "model_ema" if ema else "model"
-    if wrapped and key not in raw:
-        raise ConfigError(f"{source} has no {key!r} entry (it holds {', '.join(map(str, raw))}); "
-                          f"pass ema={not ema} to load the other weights")
-    return unwrap(raw, (key, "state_dict", "module"), source=source)
 
 
 def load_flowar(
     checkpoint: Checkpoint,
     preset: str | None = None,
     *,
-    ema: bool | None = None,
+    weights: str = "auto",
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     **flowar_args: Any,
 ) -> FlowAR:
     """Load an official FlowAR (preset "flowar_small", "flowar_large", "flowar_huge", or the official
     ``FlowAR`` constructor arguments as overrides). Strict: missing or unexpected keys and wrong shapes
-    are a CheckpointError naming them. Eval mode."""
+    are a CheckpointError naming them. Eval mode. ``weights``: "auto" takes a flat file as is and a training
+    checkpoint's live ``["model"]`` (what main_flowar.py evaluates), "raw" the same, "ema" its ``["model_ema"]``."""
     if preset is None and "encoder_embed_dim" not in flowar_args:
         raise ConfigError(f"load_flowar needs a preset ({', '.join(PRESETS)}) or the FlowAR arguments "
                           "(encoder_embed_dim, ...)")
     cfg = FlowARConfig.preset(preset, **flowar_args)
-    source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
-    state = flowar_state(read_state_dict(checkpoint), ema, source)
-    model = FlowAR.from_config(cfg, device="meta")
-    load_into(model, state, source=source)
-    return model.to(device=device, dtype=dtype).eval()
+    source = source_name(checkpoint)
+    state = select_weights(read_state_dict(checkpoint), weights, auto="raw", ema_key="model_ema", source=source)
+    return build_loaded(FlowAR, cfg, state, source=source, device=device, dtype=dtype)

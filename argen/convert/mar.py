@@ -7,16 +7,15 @@
 - The MAR transformer (``checkpoint-last.pth``, EMA weights under ``["model_ema"]``): ``load_mar``.
 
     vae = load_vae("kl16.ckpt")                        # KLVAE, eval mode, latents scaled by 0.2325
-    mar = load_mar("checkpoint-last.pth", "mar_base")  # the EMA weights (the reported FIDs)
+    mar = load_mar("checkpoint-last.pth", "mar_base")  # the EMA weights (the reported FIDs); weights="raw": ["model"]
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from argen.convert.checkpoint import load_into, read_state_dict, unwrap
-from argen.convert.llamagen import Checkpoint
+from argen.convert.checkpoint import Checkpoint, build_loaded, read_state_dict, select_weights, source_name
 from argen.errors import ConfigError
 from argen.generators.mar import MAR, MARConfig
 from argen.generators.mar import PRESETS as MAR_PRESETS
@@ -25,49 +24,39 @@ from argen.tokenizers.kl import KLVAE, KLConfig
 _VAE_TRAINING_ONLY = "loss."
 
 
-def _vae_state(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], str]:
-    source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
-    state = unwrap(read_state_dict(checkpoint), ("model", "state_dict", "module"), source=source)
-    return {k: v for k, v in state.items() if not k.startswith(_VAE_TRAINING_ONLY)}, source
-
-
 def load_vae(
     checkpoint: Checkpoint,
     preset: str | None = "kl16",
     *,
+    weights: str = "auto",
     device: torch.device | str = "cpu",
     **vae_args: Any,
 ) -> KLVAE:
     """Load MAR's KL VAE (``kl16.ckpt``; preset "kl16", or the official ``AutoencoderKL`` arguments
-    embed_dim, ch_mult, ... as overrides). Strict except for ``loss.*`` entries; eval mode."""
+    embed_dim, ch_mult, ... as overrides). Strict except for ``loss.*`` entries; eval mode. The file has
+    one set of weights (``["model"]``): ``weights`` "ema" is an error."""
     cfg = KLConfig.preset(preset, **vae_args)
-    state, source = _vae_state(checkpoint)
-    model = KLVAE.from_config(cfg, device="meta")
-    load_into(model, state, source=source)
-    return model.to(device).eval()
+    source = source_name(checkpoint)
+    state = select_weights(read_state_dict(checkpoint), weights, auto="raw", ema_key=None, source=source)
+    state = {k: v for k, v in state.items() if not k.startswith(_VAE_TRAINING_ONLY)}
+    return build_loaded(KLVAE, cfg, state, source=source, device=device)
 
 
 def load_mar(
     checkpoint: Checkpoint,
     preset: str | None = None,
     *,
-    ema: bool = True,
+    weights: str = "auto",
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     **mar_args: Any,
 ) -> MAR:
     """Load an official MAR (``checkpoint-last.pth``; preset "mar_base", "mar_large", "mar_huge", or
-    the official ``MAR`` arguments). ``ema`` (default) takes ``["model_ema"]``, the weights behind the
-    reported FIDs; False takes the raw ``["model"]``. Strict, eval mode."""
+    the official ``MAR`` arguments). ``weights`` "auto" / "ema" take ``["model_ema"]``, the weights behind
+    the reported FIDs; "raw" the live ``["model"]``. Strict, eval mode."""
     if preset is None and "encoder_embed_dim" not in mar_args:
         raise ConfigError(f"load_mar needs a preset ({', '.join(MAR_PRESETS)}) or the MAR arguments (encoder_embed_dim, ...)")
     cfg = MARConfig.preset(preset, **mar_args)
-    source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
-    raw = read_state_dict(checkpoint)
-    key = "model_ema" if ema else "model"
-    if isinstance(raw, Mapping) and ema and "model" in raw and "model_ema" not in raw:
-        raise ConfigError(f"{source} has no EMA weights ('model_ema'); pass ema=False to load the raw 'model' weights")
-    state = unwrap(raw, (key, "state_dict", "module"), source=source)
-    model = MAR.from_config(cfg, device="meta")
-    load_into(model, state, source=source)
-    return model.to(device=device, dtype=dtype).eval()
+    source = source_name(checkpoint)
+    state = select_weights(read_state_dict(checkpoint), weights, auto="ema", ema_key="model_ema", source=source)
+    return build_loaded(MAR, cfg, state, source=source, device=device, dtype=dtype)

@@ -33,8 +33,6 @@ CONVERT_ARGS = (
     arg("--flowar-config", help="JSON file of official FlowAR arguments (for custom sizes)"),
     arg("--flowar-arg", action="append", help="official FlowAR key=value (repeatable)"),
     arg("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable; default: kl16)"),
-    arg("--weights", choices=["auto", "ema", "raw"], default="auto",
-        help="training checkpoints: 'model' (auto, what main_flowar evaluates), 'model_ema' or 'model'"),
     arg("--cfg", type=float, default=4.3, help="default guidance (S 4.3, L 2.4, H 2.4)"),
     arg("--num-steps", type=int, default=25, help="flow steps per scale (S, L 25; H 50)"),
     arg("--guidance-high", type=float, default=0.9, help="guidance interval top (S, L 0.9; H 0.7)"),
@@ -45,9 +43,8 @@ def convert(args: argparse.Namespace) -> tuple[FlowAR, KLVAE, dict[str, Any]]:
     flowar_args = json_arguments(args.flowar_config, args.flowar_arg)
     vae_args = json_arguments(None, args.vae_arg)
     vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
-    ema = {"auto": None, "ema": True, "raw": False}[args.weights]
-    model = load_flowar(args.flowar_ckpt, None if flowar_args.get("encoder_embed_dim") else args.flowar_model, ema=ema,
-                        **flowar_args)
+    model = load_flowar(args.flowar_ckpt, None if flowar_args.get("encoder_embed_dim") else args.flowar_model,
+                        weights=args.weights, **flowar_args)
     return model, vae, {"cfg_scale": args.cfg, "cfg_schedule": "linear", "num_steps": args.num_steps,
                         "guidance_high": args.guidance_high}
 

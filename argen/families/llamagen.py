@@ -39,7 +39,6 @@ CONVERT_ARGS = (
     arg("--gpt-arg", action="append", help="official ModelArgs key=value (repeatable)"),
     arg("--vq-config", help="JSON file of official VQ args"),
     arg("--vq-arg", action="append", help="VQ key=value (repeatable)"),
-    arg("--ema", action="store_true", help="use the EMA weights when the file has them"),
     arg("--cfg", type=float, default=4.0, help="default guidance written to the model"),
     arg("--top-k", type=int, default=2000, help="default top-k written to the model"),
 )
@@ -52,7 +51,7 @@ def convert(args: argparse.Namespace) -> tuple[LlamaGen, VQTokenizer, dict[str, 
         ds = 2 ** (len(vq_args.get("encoder_ch_mult", [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
         gpt_args["block_size"] = (args.image_size // ds) ** 2
     preset = args.gpt_model if not gpt_args.get("dim") else None
-    gen = load_gpt(args.gpt_ckpt, preset, ema=args.ema, **gpt_args)
+    gen = load_gpt(args.gpt_ckpt, preset, weights=args.weights, **gpt_args)
     tok = load_vq(args.vq_ckpt, args.vq_model if not vq_args else None, **vq_args)
     return gen, tok, {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": 1.0, "temperature": 1.0}
 

@@ -56,7 +56,6 @@ CONVERT_ARGS = (
     arg("--mar-arg", action="append", help="official MAR key=value (repeatable)"),
     arg("--vae-config", help="JSON file of official AutoencoderKL arguments"),
     arg("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable)"),
-    arg("--raw", action="store_true", help="the raw 'model' weights instead of the EMA ('model_ema')"),
     arg("--cfg", type=float, default=2.9, help="default guidance written to the model (B 2.9, L 3.0, H 3.2)"),
     arg("--cfg-schedule", default="linear", choices=["linear", "constant"]),
 )
@@ -66,7 +65,8 @@ def convert(args: argparse.Namespace) -> tuple[MAR, KLVAE, dict[str, Any]]:
     mar_args = json_arguments(args.mar_config, args.mar_arg)
     vae_args = json_arguments(args.vae_config, args.vae_arg)
     vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
-    mar = load_mar(args.mar_ckpt, None if mar_args.get("encoder_embed_dim") else args.mar_model, ema=not args.raw, **mar_args)
+    mar = load_mar(args.mar_ckpt, None if mar_args.get("encoder_embed_dim") else args.mar_model, weights=args.weights,
+                   **mar_args)
     return mar, vae, {**MAR_EVAL, "cfg_scale": args.cfg, "cfg_schedule": args.cfg_schedule}
 
 

@@ -85,7 +85,8 @@ class Family:
     # --random-weights: (generator_args, tokenizer_args) -> the official architecture, random weights, the
     # caller having seeded torch's global generator
     random_weights: Callable[[dict[str, Any], dict[str, Any]], tuple[Any, Any]] | None = None
-    # `argen convert <name>`: its arguments (--out is common) and the conversion -> (generator, tokenizer, defaults)
+    # `argen convert <name>`: its arguments (--out and --weights {auto,ema,raw}, for the generator's loader, are
+    # common to every family) and the conversion -> (generator, tokenizer, defaults)
     convert_args: tuple[Arg, ...] = ()
     convert: Callable[[argparse.Namespace], tuple[Any, Any, dict[str, Any]]] | None = None
     # training from scratch: model-size presets, the config names of --dim/--depth/--heads, the config fields

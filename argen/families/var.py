@@ -50,7 +50,8 @@ def convert(args: argparse.Namespace) -> tuple[VAR, MultiScaleVQVAE, dict[str, A
     var_args = json_arguments(args.var_config, args.var_arg)
     vae_args = json_arguments(args.vae_config, args.vae_arg)
     vae = load_var_vae(args.vae_ckpt, None if vae_args else args.vae_model, **vae_args)
-    var = load_var(args.var_ckpt, None if var_args.get("depth") else args.var_model, vae=vae, **var_args)
+    var = load_var(args.var_ckpt, None if var_args.get("depth") else args.var_model, vae=vae, weights=args.weights,
+                   **var_args)
     return var, vae, {"cfg_scale": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "temperature": 1.0}
 
 
