@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a tokenizer or a generator (accelerate; torchrun works too)")
     tsub = t.add_subparsers(dest="what", required=True)
-    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer (or VAR's multi-scale VQ-VAE)")
+    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer, VAR's multi-scale VQ-VAE or a KL VAE (MAR, FlowAR)")
     _train_args(tt, steps=2000, batch=32, lr=2e-4)
     tt.add_argument("--kind", default="vq", choices=["vq", "multiscale", "kl"],
                     help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE; "
@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "raise codebook use on varied images, but on simple data (flat colours, shapes) they "
                          "spread one content over many codes that the generator must then learn: use 0 there")
     tt.set_defaults(func=cmd_train_tokenizer)
-    tg = tsub.add_parser("generator", help="a LlamaGen-style GPT (VQ tokenizer) or a VAR (multi-scale tokenizer)")
+    tg = tsub.add_parser("generator", help="a generator on a trained tokenizer's codes: LlamaGen (VQ), VAR (multi-scale), "
+                                         "MAR or FlowAR (KL VAE)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)
     tg.add_argument("--tokenizer", required=True,
                     help="folder written by `argen train tokenizer`; for MAR/FlowAR also a diffusers AutoencoderKL "

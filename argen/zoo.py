@@ -1,5 +1,6 @@
-"""Named models: official releases (hub repository + file names + converter) and, later, the
-bundled defaults under ``assets/``. ``argen.load(name_or_dir)`` is the one way in.
+"""Named models: the small bundled models under ``assets/`` (offline) and the official releases (hub
+repository or URL + file names; the family's record converts them). ``argen.load(name_or_dir)`` is the one
+way in.
 """
 from __future__ import annotations
 

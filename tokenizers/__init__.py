@@ -1,8 +1,8 @@
 """argen.tokenizers: images <-> codes.
 
-The protocol every tokenizer follows: ``kind`` ('discrete', 'multiscale', 'continuous', 'bits',
-'pixels'), ``encode(images) -> codes``, ``decode(codes) -> images`` with images as float tensors in
-[-1, 1], NCHW, ``codebook_size`` (discrete kinds) and ``latent_grid(image_size) -> (h, w)``.
+The protocol every tokenizer follows: ``kind`` ('discrete', 'multiscale' or 'continuous' today),
+``encode(images) -> codes``, ``decode(codes) -> images`` with images as float tensors in [-1, 1], NCHW,
+``codebook_size`` (discrete kinds) and ``latent_grid(image_size) -> (h, w)``.
 Continuous tokenizers code images as scaled latents (B, ``latent_channels``, h, w) and take
 ``encode(images, sample=False, generator=None)`` to draw from their posterior.
 """

@@ -1,4 +1,5 @@
-"""Training with accelerate: ``train_tokenizer`` (VQ) and ``train_generator`` (LlamaGen-style)."""
+"""Training with accelerate: ``train_tokenizer`` (VQ, multi-scale VQ-VAE, KL VAE) and ``train_generator``
+(every family with a training recipe in its record: LlamaGen, VAR, MAR, FlowAR)."""
 from argen.train.generator import train_generator
 from argen.train.loop import TrainSettings
 from argen.train.tokenizer import train_tokenizer
