@@ -12,9 +12,8 @@ from argen.convert.flowar import load_flowar
 from argen.convert.mar import load_vae
 from argen.errors import ConfigError
 from argen.families import mar
-from argen.families.registry import Family, arg, model_loss, official_loader
+from argen.families.registry import Family, arg, model_loss, official_args, official_loader, official_values
 from argen.generators.flowar import FlowAR
-from argen.options import json_arguments
 from argen.tokenizers.kl import KLVAE
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -30,9 +29,8 @@ CONVERT_ARGS = (
     arg("--flowar-ckpt", required=True, help="FlowAR-S.pth / FlowAR-L.pth / FlowAR-H.pth (or a training checkpoint)"),
     arg("--vae-ckpt", required=True, help="MAR's kl16.ckpt"),
     arg("--flowar-model", default="flowar_small", help="flowar_small, flowar_large, flowar_huge"),
-    arg("--flowar-config", help="JSON file of official FlowAR arguments (for custom sizes)"),
-    arg("--flowar-arg", action="append", help="official FlowAR key=value (repeatable)"),
-    arg("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable; default: kl16)"),
+    *official_args("flowar", "FlowAR"),
+    *official_args("vae", "AutoencoderKL (default: kl16)"),
     arg("--cfg", type=float, default=4.3, help="default guidance (S 4.3, L 2.4, H 2.4)"),
     arg("--num-steps", type=int, default=25, help="flow steps per scale (S, L 25; H 50)"),
     arg("--guidance-high", type=float, default=0.9, help="guidance interval top (S, L 0.9; H 0.7)"),
@@ -40,8 +38,7 @@ CONVERT_ARGS = (
 
 
 def convert(args: argparse.Namespace) -> tuple[FlowAR, KLVAE, dict[str, Any]]:
-    flowar_args = json_arguments(args.flowar_config, args.flowar_arg)
-    vae_args = json_arguments(None, args.vae_arg)
+    flowar_args, vae_args = official_values(args, "flowar"), official_values(args, "vae")
     vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
     model = load_flowar(args.flowar_ckpt, None if flowar_args.get("encoder_embed_dim") else args.flowar_model,
                         weights=args.weights, **flowar_args)

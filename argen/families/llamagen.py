@@ -9,9 +9,8 @@ import torch
 
 from argen.convert.llamagen import load_gpt, load_vq
 from argen.errors import ConfigError
-from argen.families.registry import Family, arg, official_loader
+from argen.families.registry import Family, arg, official_args, official_loader, official_values
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
-from argen.options import json_arguments
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -35,18 +34,15 @@ CONVERT_ARGS = (
     arg("--gpt-model", default="GPT-B", help="GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-3B"),
     arg("--vq-model", default="VQ-16", help="VQ-16 or VQ-8"),
     arg("--image-size", type=int, default=256, help="256 or 384 (sets block_size)"),
-    arg("--gpt-config", help="JSON file of official ModelArgs (for custom sizes)"),
-    arg("--gpt-arg", action="append", help="official ModelArgs key=value (repeatable)"),
-    arg("--vq-config", help="JSON file of official VQ args"),
-    arg("--vq-arg", action="append", help="VQ key=value (repeatable)"),
+    *official_args("gpt", "ModelArgs"),
+    *official_args("vq", "VQ"),
     arg("--cfg", type=float, default=4.0, help="default guidance written to the model"),
     arg("--top-k", type=int, default=2000, help="default top-k written to the model"),
 )
 
 
 def convert(args: argparse.Namespace) -> tuple[LlamaGen, VQTokenizer, dict[str, Any]]:
-    gpt_args = json_arguments(args.gpt_config, args.gpt_arg)
-    vq_args = json_arguments(args.vq_config, args.vq_arg)
+    gpt_args, vq_args = official_values(args, "gpt"), official_values(args, "vq")
     if args.image_size and "block_size" not in gpt_args:
         ds = 2 ** (len(vq_args.get("encoder_ch_mult", [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
         gpt_args["block_size"] = (args.image_size // ds) ** 2

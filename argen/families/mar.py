@@ -8,9 +8,8 @@ from typing import Any, Callable
 import torch
 
 from argen.convert.mar import load_mar, load_vae
-from argen.families.registry import Family, arg, model_loss, official_loader
+from argen.families.registry import Family, arg, model_loss, official_args, official_loader, official_values
 from argen.generators.mar import MAR
-from argen.options import json_arguments
 from argen.tokenizers.kl import KLVAE, KLConfig
 
 # the official evaluation protocol (README FIDs): 256 iterations, 100 diffusion steps, linear cfg ramp
@@ -52,18 +51,15 @@ CONVERT_ARGS = (
     arg("--mar-ckpt", required=True, help="checkpoint-last.pth of mar_base / mar_large / mar_huge"),
     arg("--vae-ckpt", required=True, help="kl16.ckpt"),
     arg("--mar-model", default="mar_base", help="mar_base, mar_large, mar_huge"),
-    arg("--mar-config", help="JSON file of official MAR arguments (for custom sizes)"),
-    arg("--mar-arg", action="append", help="official MAR key=value (repeatable)"),
-    arg("--vae-config", help="JSON file of official AutoencoderKL arguments"),
-    arg("--vae-arg", action="append", help="AutoencoderKL key=value (repeatable)"),
+    *official_args("mar", "MAR"),
+    *official_args("vae", "AutoencoderKL"),
     arg("--cfg", type=float, default=2.9, help="default guidance written to the model (B 2.9, L 3.0, H 3.2)"),
     arg("--cfg-schedule", default="linear", choices=["linear", "constant"]),
 )
 
 
 def convert(args: argparse.Namespace) -> tuple[MAR, KLVAE, dict[str, Any]]:
-    mar_args = json_arguments(args.mar_config, args.mar_arg)
-    vae_args = json_arguments(args.vae_config, args.vae_arg)
+    mar_args, vae_args = official_values(args, "mar"), official_values(args, "vae")
     vae = load_vae(args.vae_ckpt, None if vae_args else "kl16", **vae_args)
     mar = load_mar(args.mar_ckpt, None if mar_args.get("encoder_embed_dim") else args.mar_model, weights=args.weights,
                    **mar_args)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from argen.errors import ConfigError
+from argen.options import json_arguments
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,18 @@ class Arg:
 def arg(*flags: str, **options: Any) -> Arg:
     """An :class:`Arg`, written as the ``add_argument`` call it becomes."""
     return Arg(flags, options)
+
+
+def official_args(prefix: str, what: str) -> tuple[Arg, Arg]:
+    """``--{prefix}-config`` (a JSON file) and ``--{prefix}-arg key=value`` (repeatable): the official
+    constructor arguments of one component of ``argen convert``, for custom sizes (read by :func:`official_values`)."""
+    return (arg(f"--{prefix}-config", help=f"JSON file of official {what} arguments (for custom sizes)"),
+            arg(f"--{prefix}-arg", action="append", help=f"official {what} key=value (repeatable)"))
+
+
+def official_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The arguments given by the flags of :func:`official_args` (the file's, then the key=value ones)."""
+    return json_arguments(getattr(args, f"{prefix}_config"), getattr(args, f"{prefix}_arg"))
 
 
 def official_loader(load_generator: Callable[..., Any], load_tokenizer: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:

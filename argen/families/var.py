@@ -6,9 +6,8 @@ import argparse
 from typing import Any
 
 from argen.convert.var import load_var, load_var_vae
-from argen.families.registry import Family, arg
+from argen.families.registry import Family, arg, official_args, official_values
 from argen.generators.var import VAR, VARConfig
-from argen.options import json_arguments
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -36,10 +35,8 @@ CONVERT_ARGS = (
     arg("--vae-ckpt", required=True, help="vae_ch160v4096z32.pth"),
     arg("--var-model", default="d16", help="d16, d20, d24, d30, d36"),
     arg("--vae-model", default="vae_ch160v4096z32", help="vae_ch160v4096z32 or vae_ch160v4096z32-512 (d36)"),
-    arg("--var-config", help="JSON file of official VAR arguments (for custom sizes)"),
-    arg("--var-arg", action="append", help="official VAR key=value (repeatable)"),
-    arg("--vae-config", help="JSON file of official VQVAE arguments"),
-    arg("--vae-arg", action="append", help="VQVAE key=value (repeatable)"),
+    *official_args("var", "VAR"),
+    *official_args("vae", "VQVAE"),
     arg("--cfg", type=float, default=4.0, help="default guidance written to the model (VAR's ramp)"),
     arg("--top-k", type=int, default=900),
     arg("--top-p", type=float, default=0.95),
@@ -47,8 +44,7 @@ CONVERT_ARGS = (
 
 
 def convert(args: argparse.Namespace) -> tuple[VAR, MultiScaleVQVAE, dict[str, Any]]:
-    var_args = json_arguments(args.var_config, args.var_arg)
-    vae_args = json_arguments(args.vae_config, args.vae_arg)
+    var_args, vae_args = official_values(args, "var"), official_values(args, "vae")
     vae = load_var_vae(args.vae_ckpt, None if vae_args else args.vae_model, **vae_args)
     var = load_var(args.var_ckpt, None if var_args.get("depth") else args.var_model, vae=vae, weights=args.weights,
                    **var_args)
