@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import argen
-    from argen.options import parse_key_values
     from argen.errors import ArgenError
     from argen.eval.sampling import class_labels, sample_to_npz
+    from argen.options import parse_key_values
     from argen.train import TrainSettings
     from argen.train.loop import make_accelerator
 

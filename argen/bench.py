@@ -16,7 +16,6 @@ A sampler spec is ``name`` or ``name:key=value,key=value`` (values parsed as JSO
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -94,7 +93,8 @@ def run_bench(
         for spec in specs:
             med = statistics.median(times[spec])
             passes = statistics.mean(st.forward_passes for st in stats[spec])
-            hist = [sum(col) for col in zip(*[st.accept_histogram for st in stats[spec]])] if stats[spec][0].accept_histogram else []
+            hist = ([sum(col) for col in zip(*[st.accept_histogram for st in stats[spec]])]
+                    if stats[spec][0].accept_histogram else [])
             results.append({
                 "sampler": spec,
                 "batch_size": bs,
@@ -138,13 +138,15 @@ def _ms_per_pass(stats: list) -> float:
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a fixed-width table (one row per sampler and batch size)."""
-    head = f"{'sampler':<28} {'batch':>5} {'passes':>7} {'compr.':>7} {'tok/pass':>8} {'ms/pass':>8} {'cost':>6} {'s/img':>8} {'img/s':>8} {'vs ar':>7}"
+    head = (f"{'sampler':<28} {'batch':>5} {'passes':>7} {'compr.':>7} {'tok/pass':>8} {'ms/pass':>8} {'cost':>6} "
+            f"{'s/img':>8} {'img/s':>8} {'vs ar':>7}")
     lines = [f"{report['model']}: {report['tokens_per_image']} tokens/image, {report['device']}, {report['dtype']}, "
              f"{report['threads']} threads, median of {report['repeats']}", head, "-" * len(head)]
     for r in report["results"]:
         flag = "  (slower than ar)" if r["slower_than_ar"] else ""
-        lines.append(f"{r['sampler']:<28} {r['batch_size']:>5} {r['forward_passes']:>7.1f} {r['step_compression']:>6.2f}x "
-                     f"{r['tokens_per_pass']:>8.2f} {r['ms_per_pass']:>8.2f} {r['pass_cost_vs_ar']:>5.2f}x {r['latency_s_per_image']:>8.3f} {r['images_per_s']:>8.2f} "
+        lines.append(f"{r['sampler']:<28} {r['batch_size']:>5} {r['forward_passes']:>7.1f} "
+                     f"{r['step_compression']:>6.2f}x {r['tokens_per_pass']:>8.2f} {r['ms_per_pass']:>8.2f} "
+                     f"{r['pass_cost_vs_ar']:>5.2f}x {r['latency_s_per_image']:>8.3f} {r['images_per_s']:>8.2f} "
                      f"{r['speedup_vs_ar']:>6.2f}x{flag}")
     return "\n".join(lines)
 
@@ -168,6 +170,6 @@ def format_comparison(report: dict[str, Any]) -> str:
     lines = ["plain sampling, model against model (same process)", head, "-" * len(head)]
     for r in report["comparison"]:
         ratio = "" if r["speed_vs_first"] is None else f"{r['speed_vs_first']:.2f}x"
-        lines.append(f"{r['model']:<36} {r['batch_size']:>5} {r['tokens_per_image']:>6} {r['latency_s_per_image']:>9.3f} "
-                     f"{r['images_per_s']:>9.4f} {ratio:>18}")
+        lines.append(f"{r['model']:<36} {r['batch_size']:>5} {r['tokens_per_image']:>6} "
+                     f"{r['latency_s_per_image']:>9.3f} {r['images_per_s']:>9.4f} {ratio:>18}")
     return "\n".join(lines)

@@ -13,11 +13,12 @@ from typing import Any, Sequence
 from argen.convert.checkpoint import WEIGHTS
 from argen.errors import ArgenError, ConfigError
 from argen.families import families, family_for_tokenizer, get_family
-from argen.options import parse_key_values
 from argen.nn.diffusion import NOISE_SCHEDULES
+from argen.options import parse_key_values
 from argen.samplers.mar import ORDERS as MAR_ORDERS
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+          "fp16": "float16"}
 
 
 def _dtype(name: str | None):
@@ -46,7 +47,6 @@ def _load_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_generate(args: argparse.Namespace) -> int:
     import argen
     from argen.images import make_grid
-
     from argen.zoo import DEFAULT_MODEL, IMAGENET_DEMO_CLASSES
 
     pipe = argen.load(args.model or DEFAULT_MODEL, **_load_args(args))
@@ -103,8 +103,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         where = f"all {len(ids)} are in {folder}" if folder else "use --save-images DIR to keep every image"
         print(f"argen: note: the grid {out} shows the first {len(shown)} of {len(ids)} images ({where}; "
               "--grid-max sets the cap)", file=sys.stderr)
-    report = {"grid": str(out), "grid_images": len(shown), "images": len(ids), "saved_to": str(folder) if folder else None,
-              "classes": list(dict.fromkeys(ids)), "per_class": args.per_class, **pipe.last_stats.as_dict()}
+    report = {"grid": str(out), "grid_images": len(shown), "images": len(ids),
+              "saved_to": str(folder) if folder else None, "classes": list(dict.fromkeys(ids)),
+              "per_class": args.per_class, **pipe.last_stats.as_dict()}
     print(json.dumps(report))
     return 0
 
@@ -131,7 +132,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in args.model or [DEFAULT_MODEL]:
         pipe = argen.load(name, **_load_args(args), random_weights=args.random_weights)
         # default: every sampler that can drive this model (token-wise: sjd; the others: plain only)
-        samplers = args.samplers if args.samplers is not None else [s for s in samplers_for(pipe.generator) if s != "ar"]
+        samplers = (args.samplers if args.samplers is not None
+                    else [s for s in samplers_for(pipe.generator) if s != "ar"])
         classes = pipe.resolve_classes(args.classes) if args.classes else None
         report = run_bench(pipe, samplers, batch_sizes=args.batch_size, classes=classes, repeats=args.repeats,
                            seed=args.seed, sampling=sampling, warmup=not args.no_warmup)
@@ -155,7 +157,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     entries = list_models()
     if args.json:
         print(json.dumps([{"name": e.name, "family": e.family, "params": e.params, "image_size": e.image_size,
-                           "repo": e.repo_id, "files": e.files, "description": e.description} for e in entries], indent=2))
+                           "repo": e.repo_id, "files": e.files, "description": e.description} for e in entries],
+                         indent=2))
         return 0
     print(f"{'name':24} {'family':10} {'params':>6} {'res':>4}  source / description")
     for e in entries:
@@ -163,7 +166,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{e.name:24} {e.family:10} {e.params:>6} {e.image_size:>4}  {source}")
         print(f"{'':48}{e.description}")
     for e in TOKENIZERS.values():
-        print(f"{e.name:24} {'tokenizer':10} {e.params:>6} {e.image_size:>4}  {e.repo_id}: {', '.join(e.files.values())}")
+        print(f"{e.name:24} {'tokenizer':10} {e.params:>6} {e.image_size:>4}  "
+              f"{e.repo_id}: {', '.join(e.files.values())}")
     return 0
 
 
@@ -196,15 +200,17 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train import train_tokenizer
     from argen.train.tokenizer import tokenizer_config
 
-    common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups)
+    common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks,
+                  norm_groups=args.norm_groups)
     if args.encoder is not None and args.kind == "kl":
-        raise ConfigError("--encoder is for VQ tokenizers (--kind vq or multiscale); a KL VAE has the official conv encoder")
+        raise ConfigError("--encoder is for VQ tokenizers (--kind vq or multiscale); "
+                          "a KL VAE has the official conv encoder")
     if args.kind == "kl":
         if args.codebook_size is not None or args.codebook_dim is not None or args.patch_nums is not None:
             raise ConfigError("--codebook-size / --codebook-dim / --patch-nums are for VQ tokenizers; a KL VAE's "
                               "latent width is --z-channels")
-        cfg = tokenizer_config(args.preset, "kl", ch=args.ch, embed_dim=args.z_channels, num_res_blocks=args.num_res_blocks,
-                               norm_groups=args.norm_groups, ch_mult=args.ch_mult)
+        cfg = tokenizer_config(args.preset, "kl", ch=args.ch, embed_dim=args.z_channels,
+                               num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups, ch_mult=args.ch_mult)
     elif args.kind == "multiscale":
         if args.codebook_dim is not None:
             raise ConfigError("--codebook-dim is for --kind vq; a multi-scale VQ-VAE's code width is --z-channels")
@@ -213,7 +219,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     else:
         if args.patch_nums is not None:
             raise ConfigError("--patch-nums is for --kind multiscale")
-        cfg = tokenizer_config(args.preset, "vq", codebook_size=args.codebook_size, codebook_embed_dim=args.codebook_dim,
+        cfg = tokenizer_config(args.preset, "vq", codebook_size=args.codebook_size,
+                               codebook_embed_dim=args.codebook_dim,
                                encoder_ch_mult=args.ch_mult, decoder_ch_mult=args.ch_mult,
                                encoder_type=args.encoder, **common)
     out = train_tokenizer(_settings(args), cfg, perceptual_weights=args.perceptual_weights,
@@ -225,17 +232,18 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
+    from argen.tokenizers import load_tokenizer
     from argen.train import train_generator
     from argen.train.generator import generator_config, training_family
-
-    from argen.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     family = training_family(tok, args.kind, args.tokenizer)
     if args.noise_schedule and "noise_schedule" not in family.config_fields():
         raise ConfigError(f"--noise-schedule is a MAR-style diffusion head's option; this run trains a {family.name}")
-    overrides = {**parse_key_values(args.config), **({"noise_schedule": args.noise_schedule} if args.noise_schedule else {})}
-    model_args = generator_config(args.preset, family.name, width=args.dim, depth=args.depth, heads=args.heads, **overrides)
+    overrides = {**parse_key_values(args.config),
+                 **({"noise_schedule": args.noise_schedule} if args.noise_schedule else {})}
+    model_args = generator_config(args.preset, family.name, width=args.dim, depth=args.depth, heads=args.heads,
+                                  **overrides)
     defaults = family.sample_defaults(args.cfg, args.top_k, (args.resolution // tok.downsample,) * 2)
     out = train_generator(_settings(args), args.tokenizer, model_args, ema_decay=args.ema_decay,
                           class_dropout=args.class_dropout, dropout=args.dropout, sample_defaults=defaults,
@@ -276,11 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images (writes a grid PNG)")
-    g.add_argument("--model", "-m", help="zoo name (see `argen models`) or a pretrained folder; default: the bundled model")
+    g.add_argument("--model", "-m",
+                   help="zoo name (see `argen models`) or a pretrained folder; default: the bundled model")
     g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
     g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sampler", default="ar", help="ar (plain, token- or scale-wise) or sjd (speculative Jacobi, token-wise)")
+    g.add_argument("--sampler", default="ar",
+                   help="ar (plain, token- or scale-wise) or sjd (speculative Jacobi, token-wise)")
     g.add_argument("--window", type=int, help="sjd: tokens per forward pass (default 16)")
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
     g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
@@ -297,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float)
     g.add_argument("--greedy", action="store_true")
     g.add_argument("--compile", action="store_true",
-                   help="token-wise ar / sjd: compiled decode step (torch.compile; CUDA graphs on CUDA); compiles on first use")
+                   help="token-wise ar / sjd: compiled decode step (torch.compile; CUDA graphs on CUDA); "
+                        "compiles on first use")
     g.add_argument("--option", "-o", action="append", help="sampler option key=value (repeatable)")
     g.add_argument("--batch-size", type=int, help="images per batch (default: 16 on a CPU, 64 on a GPU); a request "
                    "of any size runs batch by batch")
@@ -317,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE; "
                          "kl: MAR's KL VAE (continuous tokens)")
     tt.add_argument("--kl-weight", type=float, default=1e-6, help="kl: weight of the KL term (LDM's 1e-6)")
-    tt.add_argument("--patch-nums", type=int, nargs="+", help="multiscale: the scales (default: VAR's, cut at the latent size)")
+    tt.add_argument("--patch-nums", type=int, nargs="+",
+                    help="multiscale: the scales (default: VAR's, cut at the latent size)")
     tt.add_argument("--ch", type=int)
     tt.add_argument("--ch-mult", type=int, nargs="+")
     tt.add_argument("--num-res-blocks", type=int)
@@ -325,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--norm-groups", type=int, help="GroupNorm groups (official and default 32)")
     tt.add_argument("--codebook-size", type=int)
     tt.add_argument("--encoder", choices=["conv", "patch"],
-                    help="vq/multiscale: conv (the official, default) or patch: each token sees only its own pixels, so one "
-                         "flat colour always gets one code (less for the generator to learn on simple data)")
+                    help="vq/multiscale: conv (the official, default) or patch: each token sees only its own "
+                         "pixels, so one flat colour always gets one code (less for the generator to learn on simple "
+                         "data)")
     tt.add_argument("--codebook-dim", type=int)
     tt.add_argument("--perceptual-weights", help="local torchvision vgg16 state dict for a perceptual loss")
     tt.add_argument("--perceptual-weight", type=float, default=1.0)
@@ -337,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "raise codebook use on varied images, but on simple data (flat colours, shapes) they "
                          "spread one content over many codes that the generator must then learn: use 0 there")
     tt.set_defaults(func=cmd_train_tokenizer)
-    tg = tsub.add_parser("generator", help="a generator on a trained tokenizer's codes: LlamaGen (VQ), VAR (multi-scale), "
-                                         "MAR or FlowAR (KL VAE)")
+    tg = tsub.add_parser("generator", help="a generator on a trained tokenizer's codes: LlamaGen (VQ), "
+                                         "VAR (multi-scale), MAR or FlowAR (KL VAE)")
     _train_args(tg, steps=3000, batch=32, lr=6e-4)
     tg.add_argument("--tokenizer", required=True,
                     help="folder written by `argen train tokenizer`; for MAR/FlowAR also a diffusers AutoencoderKL "
@@ -357,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--cfg", type=float, default=3.0, help="default guidance written to the result")
     tg.add_argument("--top-k", type=int, default=0, help="default top-k written to the result")
     tg.add_argument("--noise-schedule", choices=list(NOISE_SCHEDULES),
-                    help="MAR: the diffusion head's betas (default: the preset's, linear; the released MARs use cosine)")
+                    help="MAR: the diffusion head's betas (default: the preset's, linear; "
+                         "the released MARs use cosine)")
     tg.add_argument("--latents", choices=["sample", "mean"], default="sample",
                     help="MAR/FlowAR: train on posterior samples (official) or the posterior mean (noise-free)")
     tg.add_argument("--init-from", metavar="DIR",
@@ -377,8 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", "-b", type=int, nargs="+", default=[1])
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--no-warmup", action="store_true", help="skip the untimed first run per sampler (big models on a CPU)")
-    b.add_argument("--classes", "-c", nargs="+", help="class ids or names: each repeat takes the next batch-size of them, cycling")
+    b.add_argument("--no-warmup", action="store_true",
+                   help="skip the untimed first run per sampler (big models on a CPU)")
+    b.add_argument("--classes", "-c", nargs="+",
+                   help="class ids or names: each repeat takes the next batch-size of them, cycling")
     b.add_argument("--cfg", type=float)
     b.add_argument("--top-k", type=int)
     b.add_argument("--top-p", type=float)
@@ -392,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--host", default="127.0.0.1", help="interface to serve on (0.0.0.0: every interface)")
     dm.add_argument("--port", type=int, default=7860)
     dm.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    dm.add_argument("--model", "-m", action="append", help="model to offer (repeatable; default: every model usable here)")
+    dm.add_argument("--model", "-m", action="append",
+                    help="model to offer (repeatable; default: every model usable here)")
     _add_load_args(dm)
     dm.add_argument("--max-loaded", type=int, default=2, help="pipelines kept in memory at once")
     dm.add_argument("--queue-size", type=int, default=16, help="requests that may wait in the queue")

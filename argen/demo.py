@@ -289,7 +289,8 @@ def build_demo(
                                                      **init["diffusion_steps"])
                     c["num_steps"] = gr.Number(precision=0, minimum=2, label="FlowAR flow steps per scale",
                                                **init["num_steps"])
-                    c["extra_options"] = gr.Textbox("", label="more options", placeholder="key=value ... (e.g. init=random)")
+                    c["extra_options"] = gr.Textbox("", label="more options",
+                                                    placeholder="key=value ... (e.g. init=random)")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 preview = gr.Image(label="preview", type="pil", format="png", elem_id="preview", interactive=False)
@@ -302,7 +303,8 @@ def build_demo(
             return [gr.update(**kw) for kw in _controls_for(info, sampler).values()]
 
         c["model"].change(on_model, [c["model"], c["sampler"]], [c[k] for k in init], api_visibility="private")
-        c["sampler"].change(lambda s: gr.update(visible=s == "sjd"), c["sampler"], c["window"], api_visibility="private")
+        c["sampler"].change(lambda s: gr.update(visible=s == "sjd"), c["sampler"], c["window"],
+                            api_visibility="private")
         dice.click(random_seed, None, c["seed"], api_visibility="private")
         inputs = [c[k] for k in ("model", "sampler", "classes", "n_images", "cfg_scale", "cfg_schedule", "top_k",
                                  "top_p", "temperature", "seed", "preview_every", "window", "num_iter",

@@ -42,7 +42,8 @@ def registered_class(name: str) -> type["Pretrained"]:
     return _REGISTRY[name]
 
 
-def build_config(config_class: type, presets: dict[str, dict[str, Any]], preset: str | None, overrides: dict[str, Any], what: str) -> Any:
+def build_config(config_class: type, presets: dict[str, dict[str, Any]], preset: str | None,
+                 overrides: dict[str, Any], what: str) -> Any:
     """A config from an optional named preset plus keyword overrides (unknown presets and argument
     names are errors that list the valid ones)."""
     base: dict[str, Any] = {}

@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from argen.version import __version__
-from argen.errors import ConfigError
-from argen.images import to_pil
 from argen.components import load_component
+from argen.errors import ConfigError
 from argen.families import family_of
+from argen.images import to_pil
 from argen.modeling import Pretrained, read_json
 from argen.tokenizers.loading import load_tokenizer
+from argen.version import __version__
 
 INDEX_NAME = "model_index.json"
 # images per batch when the caller gives none: what a small model's CFG batch and its KV cache need
@@ -54,7 +54,8 @@ def _fits_in_memory(rows: int, device: torch.device) -> Iterator[None]:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         text = str(exc)
-        if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in text and "out of memory" not in text:
+        if (not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in text
+                and "out of memory" not in text):
             raise
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
@@ -83,7 +84,8 @@ class ARPipeline:
         # the tokenizer's latent grid the generator works on (MAR may pack p x p latents per token); a model
         # without one (VAR's scales) takes the tokenizer's image size
         grid = getattr(generator, "latent_grid", None) or getattr(generator, "token_grid", None)
-        self.image_size = image_size or (grid[0] * tokenizer.downsample if grid else getattr(tokenizer, "image_size", None))
+        self.image_size = image_size or (grid[0] * tokenizer.downsample if grid
+                                         else getattr(tokenizer, "image_size", None))
         if grid and self.image_size and tokenizer.latent_grid(self.image_size) != tuple(grid):
             raise ConfigError(
                 f"tokenizer grid {tokenizer.latent_grid(self.image_size)} at {self.image_size}px does not "

@@ -8,7 +8,6 @@ thread, so a caller can iterate over previews and then the final images
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from argen.images import to_pil
@@ -50,62 +48,9 @@ class Finished:
 
 @torch.inference_mode()
 def decode_partial(pipe: ARPipeline, n_done: int, codes: torch.Tensor) -> torch.Tensor | None:
-    """Decode a sampler's partial codes into preview images (B, 3, H, W) in [-1, 1].
-
-    Returns None when this kind of model has no cheap preview. Token-wise: the missing tokens
-    repeat the last one and are greyed out. Scale-wise VQ: the scales done so far. MAR: the tokens
-    done (unknown ones are 0). FlowAR: the current scale, upsampled to the final grid.
-    """
-    kind = getattr(pipe.generator, "kind", None)
-    if kind == "token" and pipe.tokenizer.kind == "discrete":
-        return _token_preview(pipe, codes)
-    if kind == "scale" and pipe.tokenizer.kind == "multiscale":
-        return _scale_preview(pipe, codes)
-    if kind == "continuous":
-        return pipe.decode(codes.to(_tokenizer_dtype(pipe)))
-    if kind == "flow-scale":
-        return pipe.decode(_upsample_tokens(codes, pipe.generator.latent_grid[0]).to(_tokenizer_dtype(pipe)))
-    return None
-
-
-def _tokenizer_dtype(pipe: ARPipeline) -> torch.dtype:
-    return next(pipe.tokenizer.parameters()).dtype
-
-
-def _token_preview(pipe: ARPipeline, codes: torch.Tensor) -> torch.Tensor:
-    h, w = pipe.generator.token_grid
-    b, done = codes.shape
-    full = codes.new_zeros(b, h * w)
-    full[:, :done] = codes
-    if 0 < done < h * w:
-        full[:, done:] = codes[:, done - 1 : done]  # repeat the last token: fewer artefacts than code 0
-    images = pipe.decode(full)
-    known = (torch.arange(h * w, device=images.device) < done).view(1, 1, h, w).to(images.dtype)
-    return images * F.interpolate(known, size=images.shape[-2:], mode="nearest")  # 0 is mid-grey
-
-
-def _scale_preview(pipe: ARPipeline, codes: torch.Tensor) -> torch.Tensor | None:
-    tok = pipe.tokenizer
-    quant, dev = tok.quantize, pipe.tokenizer_device
-    f_hat, offset = None, 0
-    for si, pn in enumerate(tok.patch_nums):
-        if offset + pn * pn > codes.shape[1]:
-            break
-        ids = codes[:, offset : offset + pn * pn].reshape(-1, pn, pn).to(dev)
-        contrib = quant.upsample_scale(quant.lookup(ids, pn), si)
-        f_hat = contrib if f_hat is None else f_hat + contrib
-        offset += pn * pn
-    return None if f_hat is None else tok.decode_latents(f_hat).clamp(-1, 1)
-
-
-def _upsample_tokens(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, s*s, C) tokens of one scale -> (B, side*side, C), bicubic in latent space."""
-    b, n, c = tokens.shape
-    s = math.isqrt(n)
-    if s == side:
-        return tokens
-    grid = tokens.transpose(1, 2).reshape(b, c, s, s).float()
-    return F.interpolate(grid, size=(side, side), mode="bicubic").flatten(2).transpose(1, 2)
+    """Decode a sampler's partial codes into preview images (B, 3, H, W) in [-1, 1], as the model's
+    family says (``Family.preview``); None when the family has no cheap preview."""
+    return pipe.family.preview(pipe, codes) if pipe.family.preview is not None else None
 
 
 def generate_stream(

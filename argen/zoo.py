@@ -197,7 +197,8 @@ class BundledEntry:
 def _shapes(family: str, what: str, default: bool = False) -> BundledEntry:
     """A model trained here on the shapes set (64px, 10 classes), shipped in ``assets/shapes-<family>``."""
     return BundledEntry(name=f"shapes-{family}", folder=f"shapes-{family}", image_size=64, family=family,
-                        description=f"bundled{' default' if default else ''}: {what} trained on the shapes set, 64px, 10 classes")
+                        description=f"bundled{' default' if default else ''}: {what} trained on the shapes set, "
+                                    "64px, 10 classes")
 
 
 BUNDLED: dict[str, BundledEntry] = {
@@ -246,7 +247,8 @@ def load(
     if name in BUNDLED:
         folder = BUNDLED[name].path
         if not (folder / INDEX_NAME).is_file():
-            raise UnknownModelError(f"the bundled model {name!r} is missing from {folder} (set ARGEN_ASSETS to the assets folder)")
+            raise UnknownModelError(f"the bundled model {name!r} is missing from {folder} "
+                                    "(set ARGEN_ASSETS to the assets folder)")
         return ARPipeline.from_pretrained(folder, device=device, dtype=dtype)
     entry = OFFICIAL.get(name)
     if entry is None:

@@ -43,10 +43,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from official_style import OfficialStyleDecoder, official_generate  # noqa: E402
+
 import argen.samplers as S  # noqa: E402
 from argen.generators import LlamaGen, LlamaGenConfig  # noqa: E402
 from argen.samplers.compiled import compiled_decoder  # noqa: E402
-from official_style import OfficialStyleDecoder, official_generate  # noqa: E402
 
 CLASSES = [207, 360, 387, 974, 88, 979, 417, 279, 1, 33, 130, 250, 812, 928, 971, 980]
 CFG, TOP_K = 4.0, 2000
@@ -297,7 +298,8 @@ def main(argv=None) -> dict:
     mv = floor.time(1, calls=7)
     mv_best = min(mv.values())
 
-    verification = [verify(model, b, min(args.verify_tokens, args.tokens), args.compiled) for b in sorted(set(args.batch))]
+    verification = [verify(model, b, min(args.verify_tokens, args.tokens), args.compiled)
+                    for b in sorted(set(args.batch))]
     configs = [bench_config(model, floor, b, args.tokens, args.repeats, args.warmup_tokens, args.compiled)
                for b in args.batch]
     for c in configs:  # all formulations at this config's rows, for the record

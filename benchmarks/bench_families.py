@@ -91,7 +91,8 @@ def bench_model(name: str, batches: list[int], repeats: int, overrides: dict) ->
     entry = argen.zoo.OFFICIAL.get(name)
     if entry is None or entry.family not in SETTINGS:
         known = [n for n, e in argen.zoo.OFFICIAL.items() if e.family in SETTINGS]
-        raise SystemExit(f"bench_families times the official mar, flowar and var models ({', '.join(known)}), not {name!r}")
+        raise SystemExit(f"bench_families times the official mar, flowar and var models ({', '.join(known)}), "
+                         f"not {name!r}")
     family = entry.family
     pipe = argen.load(name, random_weights=True)
     timers = part_timers(family, pipe)

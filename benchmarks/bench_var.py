@@ -31,11 +31,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from official_var import official_var_generate  # noqa: E402
+
 from argen.generators import VAR, VARConfig  # noqa: E402
 from argen.generators.var import PRESETS as VAR_PRESETS  # noqa: E402
 from argen.pipeline import ARPipeline  # noqa: E402
 from argen.tokenizers import MultiScaleVQConfig, MultiScaleVQVAE  # noqa: E402
-from official_var import official_var_generate  # noqa: E402
 
 CLASSES = [207, 360, 387, 974, 88, 979, 417, 279, 1, 33, 130, 250, 812, 928, 971, 980]
 CFG, TOP_K, TOP_P = 1.5, 900, 0.96
@@ -63,7 +64,8 @@ def build(depth: int) -> ARPipeline:
         for blk in var.blocks:
             if hasattr(blk, "ada_lin"):
                 blk.ada_lin[-1].bias.normal_(0, 0.1)
-    return ARPipeline(var, vae, defaults={"cfg_scale": CFG, "top_k": TOP_K, "top_p": TOP_P}, name=f"var-d{depth}-random")
+    return ARPipeline(var, vae, defaults={"cfg_scale": CFG, "top_k": TOP_K, "top_p": TOP_P},
+                      name=f"var-d{depth}-random")
 
 
 def run_argen(pipe: ARPipeline, labels: list[int], seed: int) -> tuple[float, torch.Tensor, torch.Tensor]:

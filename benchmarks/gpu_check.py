@@ -216,7 +216,8 @@ def run_attention(report: Report, device: torch.device, dry: bool) -> bool:
                                 out = attention(q, k, v, backend="sdpa", **kw)
                         sync(device)
                 except RuntimeError as exc:  # the kernel does not take this dtype / mask / head layout
-                    reasons = [str(w.message).strip().splitlines()[0] for w in why] or [str(exc).strip().splitlines()[0]]
+                    reasons = ([str(w.message).strip().splitlines()[0] for w in why]
+                               or [str(exc).strip().splitlines()[0]])
                     row.update(status="unsupported", reason="; ".join(reasons)[:300])
                     results.append(row)
                     continue
@@ -262,9 +263,10 @@ def timed(device: torch.device, fn):
 
 
 def bench_llamagen(model, device: torch.device, batch: int, repeats: int) -> dict:
-    import argen.samplers as S
     from bench_ar import CFG, TOP_K, ShortRun, classes_for, compiled_check
     from official_style import official_generate
+
+    import argen.samplers as S
 
     classes = classes_for(batch)
     n = model.seq_len
@@ -355,8 +357,9 @@ def run_ar(report: Report, device: torch.device, args: argparse.Namespace) -> bo
 
 # -- VAR / MAR / FlowAR -------------------------------------------------------------------------------------
 def run_families(report: Report, device: torch.device, args: argparse.Namespace) -> bool:
-    import argen
     from bench_families import CLASSES, SETTINGS, WARMUP
+
+    import argen
 
     sec = report.section("families")
     sec.update(dtype="float32", results=sec.get("results", []))
@@ -378,8 +381,9 @@ def run_families(report: Report, device: torch.device, args: argparse.Namespace)
                 walls = [timed(device, lambda r=r: pipe.generate(labels, seed=r, output_type="pt", **opts))[1]
                          for r in range(args.repeats)]
                 med = statistics.median(walls)
-                entry["results"].append({"batch": bs, "s_per_image": med / bs, "images_per_s": bs / med, "wall_s": walls})
-            del pipe
+                entry["results"].append({"batch": bs, "s_per_image": med / bs, "images_per_s": bs / med,
+                                         "wall_s": walls})
+            pipe = None  # frees the model before the next one loads
         except Exception as exc:
             ok = False
             entry.update(failure(exc))
@@ -406,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cpu")
         args.batch = args.batch or [1]
     elif not torch.cuda.is_available():
-        why = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, no device visible"
+        why = ("a CPU-only build" if torch.version.cuda is None
+               else f"built for CUDA {torch.version.cuda}, no device visible")
         print(f"gpu_check: no CUDA device (torch {torch.__version__}: {why}); run it on a CUDA machine, "
               "or with --dry-run to exercise its CPU-runnable parts at toy sizes", file=sys.stderr)
         return 2

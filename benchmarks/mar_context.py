@@ -81,7 +81,7 @@ def completion_accuracy(run: Path, images: int = 60, seed: int = 0, cfg: float =
         real = model.patchify(tokenizer.encode(x, sample=False))
         settings = [(k, "random") for k in (0, n // 8, n // 4, n // 2, 3 * n // 4)] + [(0, "raster")]
         for known, order in settings:
-            first = generation_orders(model, images, order, g).flip(1)  # generated first, first
+            first = generation_orders(model, images, order, g, x.device).flip(1)  # generated first, first
             mask = torch.ones(images, n, dtype=torch.bool).scatter(1, first[:, :known], False)
             tokens = real * (~mask)[..., None]
             per_pass = 1 if order == "raster" else max(1, (n - known) // 16)

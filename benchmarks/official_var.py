@@ -36,7 +36,8 @@ def _block(blk, x: torch.Tensor, cond: torch.Tensor, shared: torch.Tensor | None
     h = blk.ln_wo_grad(x).mul(s1.add(1)).add_(b1)
     b, n, _ = h.shape
     bias = torch.cat([att.q_bias, att.zero_k_bias, att.v_bias])
-    q, k, v = F.linear(h, att.mat_qkv.weight, bias).view(b, n, 3, att.num_heads, att.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = (F.linear(h, att.mat_qkv.weight, bias).view(b, n, 3, att.num_heads, att.head_dim)
+               .permute(2, 0, 3, 1, 4).unbind(0))
     if att.l2_norm:
         q = F.normalize(q, dim=-1).mul(att.scale_mul_1H11.clamp_max(att.max_scale_mul).exp())
         k = F.normalize(k, dim=-1)
@@ -71,7 +72,8 @@ def official_var_generate(model, labels: torch.Tensor, cfg: float, top_k: int, t
     cur, f_hat, ids_all = 0, None, []
     for si, pn in enumerate(pns):
         cur += pn * pn
-        shared = _lin(model.shared_ada_lin[1], F.silu(emb)).view(-1, 1, 6, model.config.embed_dim) if model.config.shared_aln else None
+        shared = (_lin(model.shared_ada_lin[1], F.silu(emb)).view(-1, 1, 6, model.config.embed_dim)
+                  if model.config.shared_aln else None)
         h = x
         for blk, cache in zip(model.blocks, caches):
             h = _block(blk, h, emb, shared, cache)

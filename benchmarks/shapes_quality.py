@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 import argen
-from argen.options import parse_key_values
+from argen.components import load_component
 from argen.data import SHAPE_NAMES, ShapesDataset
 from argen.eval.shapes import batch, load_judge
-from argen.components import load_component
+from argen.options import parse_key_values
 
 
 def flat_patch_codes(images: torch.Tensor, codes: torch.Tensor) -> tuple[float, float]:

@@ -3,8 +3,9 @@
     codes, stats = argen.samplers.sample(model, classes=[207, 360], sampler="ar", seed=0,
                                          cfg_scale=4.0, top_k=2000)
 
-Samplers register by name with the generator kinds they support; logit processing (CFG, temperature,
-top-k, top-p) lives once in :mod:`argen.samplers.logits`.
+Samplers register by name with the generator kinds they support; a kind names the protocol a sampler
+may call (:mod:`argen.generators.protocol`), so a sampler drives every generator of its kinds. Logit
+processing (CFG, temperature, top-k, top-p) lives once in :mod:`argen.samplers.logits`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from argen.errors import ConfigError
+from argen.generators.protocol import Generator, generator_kind, protocol_for
 from argen.samplers.ar import sample_ar
 from argen.samplers.flowar import sample_flowar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
@@ -58,26 +60,30 @@ def register_sampler(
     name: str, fn: Callable, kinds: Sequence[str], description: str = "", *, row_streams: bool = False
 ) -> None:
     """Register ``fn`` as sampler ``name`` for the given generator kinds (adds to an existing name).
-    ``row_streams``: ``fn`` draws only through :mod:`argen.samplers.rng`, so it takes per-image streams."""
+    ``fn`` calls only the kinds' protocols (:mod:`argen.generators.protocol`). ``row_streams``: ``fn``
+    draws only through :mod:`argen.samplers.rng`, so it takes per-image streams."""
+    for kind in kinds:
+        protocol_for(kind)
     old = SAMPLERS.get(name)
     fns = {**(old.fns if old else {}), **{k: fn for k in kinds}}
     rows = (old.row_streams - set(kinds) if old else frozenset()) | (frozenset(kinds) if row_streams else frozenset())
     SAMPLERS[name] = SamplerSpec(fns, description or (old.description if old else ""), frozenset(rows))
 
 
-def takes_row_streams(sampler: str, model: Any) -> bool:
+def takes_row_streams(sampler: str, model: Generator) -> bool:
     """Whether ``sampler`` gives ``model``'s images independently of their batch (per-image streams)."""
     spec = SAMPLERS.get(sampler)
-    return spec is not None and getattr(model, "kind", None) in spec.row_streams
+    return spec is not None and generator_kind(model) in spec.row_streams
 
 
-def samplers_for(model: Any) -> list[str]:
+def samplers_for(model: Generator) -> list[str]:
     """Names of the samplers that can drive ``model``."""
-    return [n for n, s in SAMPLERS.items() if getattr(model, "kind", None) in s.kinds]
+    kind = generator_kind(model)
+    return [n for n, s in SAMPLERS.items() if kind in s.kinds]
 
 
 def sample(
-    model: Any,
+    model: Generator,
     classes: Any,
     sampler: str = "ar",
     seed: int | None = None,
@@ -105,17 +111,19 @@ def sample(
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; available: {', '.join(SAMPLERS)}")
     spec = SAMPLERS[sampler]
-    kind = getattr(model, "kind", None)
+    kind = generator_kind(model)
     if kind not in spec.kinds:
         raise ConfigError(
-            f"sampler {sampler!r} cannot drive a {kind!r} model; samplers for it: {', '.join(samplers_for(model)) or 'none'}"
+            f"sampler {sampler!r} cannot drive a {kind!r} model; "
+            f"samplers for it: {', '.join(samplers_for(model)) or 'none'}"
         )
     fn = spec.fns[kind]
     valid = (set(inspect.signature(fn).parameters) - {"model", "cond", "opts", "rng"}) | _COMMON
     unknown = sorted(set(sampler_options) - valid)
     if unknown:
-        raise ConfigError(f"unknown option(s) for sampler {sampler!r}: {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    conventions = getattr(model, "sampling_conventions", {})
+        raise ConfigError(f"unknown option(s) for sampler {sampler!r}: {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(valid))}")
+    conventions = model.sampling_conventions
     opts = SamplingOptions(
         cfg_scale, cfg_interval, cfg_schedule or conventions.get("cfg_schedule", "constant"), temperature, top_k,
         top_p, greedy, top_p_rule or conventions.get("top_p_rule", "hf"),

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from argen.generators.protocol import TokenGenerator
 from argen.samplers.compiled import decoder_for
 from argen.samplers.logits import SamplingOptions, draw, split_guided
 from argen.samplers.stats import SamplerStats
@@ -21,7 +22,7 @@ StepCallback = Callable[[int, torch.Tensor], None]
 
 
 def sample_ar(
-    model,
+    model: TokenGenerator,
     cond: torch.Tensor,
     opts: SamplingOptions,
     rng: torch.Generator | None,

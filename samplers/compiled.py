@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from argen.errors import ConfigError
+from argen.generators.protocol import TokenDecoder, TokenGenerator, generator_kind
 from argen.nn import KVCache
 
 RECOMPILE_LIMIT = 64  # graphs per process for the decode step (torch's default, 8, is a handful of shapes)
@@ -39,7 +40,7 @@ _DECODERS: "weakref.WeakKeyDictionary[torch.nn.Module, CompiledDecoder]" = weakr
 _STEPS: dict[str, Callable] = {}  # torch.compile mode -> the compiled step
 
 
-def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+def _decode_step(model: TokenGenerator, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
     return model.decode_at(tokens, positions, cache)
 
 
@@ -119,10 +120,11 @@ class CompiledDecoder:
     """``new_cache`` / ``prefill`` / ``decode`` with the generator's contract, the decode compiled.
     One per model (:func:`compiled_decoder`); a sampler uses it in place of the model."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        if not all(hasattr(model, a) for a in ("decode_at", "new_cache", "prefill")):
-            raise ConfigError(f"compile=True needs a token-wise generator with a fixed-shape decode step "
-                              f"(decode_at); {type(model).__name__} has none")
+    def __init__(self, model: TokenGenerator) -> None:
+        kind = generator_kind(model)
+        if kind != "token":
+            raise ConfigError(f"compile=True compiles the fixed-shape decode step of token-wise generators "
+                              f"(decode_at); {type(model).__name__} is {kind!r}-wise")
         self._model = weakref.ref(model)
         self._checked: set[str] = set()  # device types torch.compile is known to work on
         self._pool: dict[tuple, KVCache] = {}
@@ -200,7 +202,7 @@ class CompiledDecoder:
         self._lent.clear()
 
 
-def decoder_for(model: Any, compile: bool) -> Any:
+def decoder_for(model: TokenGenerator, compile: bool) -> TokenDecoder:
     """What a token-wise sampler calls ``new_cache`` / ``prefill`` / ``decode`` on: the model itself,
     or (``compile=True``) its compiled decoder."""
     if not isinstance(compile, bool):

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
+from argen.generators.protocol import FlowScaleGenerator
 from argen.nn.flow import GuidanceFn, VelocityFn, euler_integrate, flowar_time_grid
 from argen.samplers.ar import StepCallback
 from argen.samplers.logits import SamplingOptions, guide
@@ -60,7 +61,7 @@ def _check(opts: SamplingOptions, num_steps: int, low: float, high: float, upsam
 
 
 def sample_flowar(
-    model,
+    model: FlowScaleGenerator,
     cond: torch.Tensor,
     opts: SamplingOptions,
     rng: torch.Generator | None,

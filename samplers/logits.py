@@ -93,8 +93,10 @@ class SamplingOptions:
         bad = [n for n, on in (("top_k", self.top_k), ("top_p", self.top_p < 1.0), ("greedy", self.greedy),
                                ("temperature", not temperature and self.temperature != 1.0)) if on]
         if bad:
-            raise ConfigError(f"{' / '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to {family}'s continuous tokens; it samples with "
-                              f"cfg_scale, cfg_schedule{', temperature' if temperature else ''} and its own step options")
+            raise ConfigError(f"{' / '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to {family}'s "
+                              "continuous tokens; it samples with "
+                              f"cfg_scale, cfg_schedule{', temperature' if temperature else ''} "
+                              "and its own step options")
         if self.cfg_schedule not in schedules:
             raise ConfigError(f"{family}'s cfg_schedule is one of {', '.join(schedules)}, got {self.cfg_schedule!r}")
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
+from argen.generators.protocol import ContinuousGenerator
 from argen.samplers.ar import StepCallback
 from argen.samplers.logits import SamplingOptions
 from argen.samplers.stats import SamplerStats
@@ -38,17 +39,16 @@ def mask_lengths(seq_len: int, num_iter: int) -> list[int]:
 ORDERS = ("random", "raster")
 
 
-def generation_orders(model, batch_size: int, order: str, rng: torch.Generator | None) -> torch.Tensor:
+def generation_orders(model: ContinuousGenerator, batch_size: int, order: str, rng: torch.Generator | None,
+                      device: torch.device) -> torch.Tensor:
     """(B, L) token positions, the one generated LAST first (the official layout: the first
     ``mask_len`` entries stay masked). 'random': a random permutation per image (official);
     'raster': row by row from the top left, so that every new token has its left and upper neighbours
-    known (a small MAR's completions of local context are much better than its first guesses from a few
-    scattered tokens: the small shapes MAR at 4500 steps was judged 35% right in raster order, 20% in random
-    order, on 60 images; trained 12000 steps longer, both orders judge 45%; see issue 6)."""
+    known (a small, young MAR completes local context better than it guesses from a few scattered
+    tokens; measurements in assets/shapes-mar/README.md, "Why the extensions")."""
     if order == "random":
         return model.random_orders(batch_size, rng)
-    dev = model.fake_latent.device
-    return torch.arange(model.seq_len - 1, -1, -1, device=dev).expand(batch_size, -1)
+    return torch.arange(model.seq_len - 1, -1, -1, device=device).expand(batch_size, -1)
 
 
 def _check(opts: SamplingOptions, num_iter: int, seq_len: int, order: str) -> None:
@@ -60,7 +60,7 @@ def _check(opts: SamplingOptions, num_iter: int, seq_len: int, order: str) -> No
 
 
 def sample_mar(
-    model,
+    model: ContinuousGenerator,
     cond: torch.Tensor,
     opts: SamplingOptions,
     rng: torch.Generator | None,
@@ -81,18 +81,17 @@ def sample_mar(
     b, n, dim = cond.shape[0], model.seq_len, model.token_dim
     num_iter = min(64, n) if num_iter is None else num_iter
     _check(opts, num_iter, n, order)
-    steps = diffusion_steps if diffusion_steps is not None else int(model.config.num_sampling_steps)
+    steps = diffusion_steps if diffusion_steps is not None else model.sampling_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"diffusion_steps must be a positive integer, got {steps!r}")
     guided = opts.cfg_scale != 1.0
-    dev = model.fake_latent.device
-    dtype = model.fake_latent.dtype
     emb = model.class_embedding(cond)
+    dev, dtype = emb.device, emb.dtype
     if guided:
         emb = torch.cat([emb, model.class_embedding(None, b)])
     tokens = torch.zeros(b, n, dim, device=dev, dtype=dtype)
     mask = torch.ones(b, n, dtype=torch.bool, device=dev)
-    orders = generation_orders(model, b, order, rng)
+    orders = generation_orders(model, b, order, rng, dev)
     stats = SamplerStats("ar", b, n, guided_rows=emb.shape[0])
     for step, left in enumerate(tqdm(mask_lengths(n, num_iter), disable=not progress, desc="mar", leave=False)):
         inp, m = (torch.cat([tokens, tokens]), torch.cat([mask, mask])) if guided else (tokens, mask)
@@ -108,7 +107,7 @@ def sample_mar(
         else:
             zz = z[to_pred]
         if zz.shape[0]:
-            tokens[to_pred] = model.diffloss.sample(zz, opts.temperature, scale, rng, steps).to(dtype)
+            tokens[to_pred] = model.sample_tokens(zz, opts.temperature, scale, rng, steps).to(dtype)
             stats.head_evaluations += steps
         mask = nxt
         stats.accepted_history.append(float(to_pred.sum()) / b)

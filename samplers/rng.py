@@ -31,7 +31,8 @@ class RowStreams:
     @classmethod
     def from_seed(cls, seed: int, first_index: int, rows: int, device: torch.device | str) -> "RowStreams":
         """Rows ``first_index .. first_index + rows - 1`` of the request seeded with ``seed``."""
-        return cls([torch.Generator(device=device).manual_seed(derive_seed(seed, first_index + i)) for i in range(rows)])
+        return cls([torch.Generator(device=device).manual_seed(derive_seed(seed, first_index + i))
+                    for i in range(rows)])
 
     def check_rows(self, rows: int) -> None:
         if rows != len(self):

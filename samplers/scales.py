@@ -13,6 +13,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from argen.generators.protocol import ScaleGenerator
 from argen.samplers.ar import StepCallback
 from argen.samplers.logits import SamplingOptions, draw, process_logits, split_guided
 from argen.samplers.rng import Rng, exponential_like
@@ -20,7 +21,7 @@ from argen.samplers.stats import SamplerStats
 
 
 def sample_scales(
-    model,
+    model: ScaleGenerator,
     cond: torch.Tensor,
     opts: SamplingOptions,
     rng: Rng,
@@ -38,7 +39,6 @@ def sample_scales(
     ``callback(n_scales_done, codes_so_far)`` runs after every ``callback_every`` scales.
     """
     start = time.perf_counter()
-    quant = model.tokenizer.quantize
     patch_nums = model.patch_nums
     b, n_scales = cond.shape[0], len(patch_nums)
     guided = opts.guided
@@ -62,10 +62,10 @@ def sample_scales(
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # MaskGIT-style annealing, as the official
             gumbel = -exponential_like(logits, rng).log()
             soft = ((process_logits(logits, opts) * (1 + ratio) + gumbel) / tau).softmax(dim=-1)
-            h = (soft @ quant.embedding.weight).transpose(1, 2).reshape(b, -1, pn, pn)
-            f_hat, nxt = quant.next_input(si, f_hat, h)
+            h = (soft @ model.code_vectors).transpose(1, 2).reshape(b, -1, pn, pn)
+            f_hat, nxt = model.add_scale(si, f_hat, h)
         elif si + 1 < n_scales:
-            f_hat, nxt = quant.next_input(si, f_hat, ids)
+            f_hat, nxt = model.add_scale(si, f_hat, ids)
         if si + 1 < n_scales:
             x = model.scale_input(nxt, si + 1)
             if guided:

@@ -20,11 +20,13 @@ With ``window=1`` the sampler is plain AR, bitwise and with the same random stre
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from argen.errors import ArgenError, ConfigError
+from argen.generators.protocol import TokenCache, TokenDecoder, TokenGenerator
 from argen.samplers.ar import StepCallback
 from argen.samplers.compiled import decoder_for
 from argen.samplers.logits import SamplingOptions, draw, guide_at, target_probs
@@ -95,14 +97,11 @@ def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, couple
     return torch.cat([torch.where(keep, d_mid, redraw), last], dim=1)
 
 
-def _check(window: int, init: str, model) -> None:
+def _check(window: int, init: str) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"window must be an integer >= 1 (tokens per forward pass), got {window!r}")
     if init not in INITS:
         raise ConfigError(f"unknown draft init {init!r}; known: {', '.join(INITS)}")
-    for attr in ("prefill", "decode", "new_cache", "prefix_len", "vocab_size"):
-        if not hasattr(model, attr):
-            raise ConfigError(f"SJD needs a token-wise generator (prefill/decode with a KV cache); {type(model).__name__} has no {attr!r}")
 
 
 def _init_drafts(tokens: torch.Tensor, fill: torch.Tensor, first_pos: torch.Tensor, codes: torch.Tensor,
@@ -131,8 +130,155 @@ def _init_drafts(tokens: torch.Tensor, fill: torch.Tensor, first_pos: torch.Tens
     return out
 
 
+@dataclass
+class _Run:
+    """The call's fixed context, read by every step: decoder and cache, the codes (written in place), options."""
+
+    dec: TokenDecoder
+    cache: TokenCache
+    codes: torch.Tensor  # (B, N) committed tokens
+    opts: SamplingOptions
+    rng: torch.Generator | None
+    window: int
+    init: str
+    ragged: bool
+    coupled: bool
+    vocab: int
+    grid_w: int
+    prefix: int
+    slots: torch.Tensor = field(init=False)  # (W,) slot indices of a window
+
+    def __post_init__(self) -> None:
+        self.slots = torch.arange(self.window, device=self.codes.device)
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def guided(self) -> bool:
+        return self.opts.guided
+
+
+@dataclass
+class _Rows:
+    """The samples still running, in cache-row order, and what their next pass verifies; the steps
+    below update it in place."""
+
+    active: torch.Tensor  # (M,) the sample of each cache row (guided: row M + i is row i unconditional)
+    done: torch.Tensor  # (M,) committed tokens
+    drafts: torch.Tensor  # (M, W-1) drafts for the positions after the committed ones
+    q: torch.Tensor  # (M, W-1, V) the distribution each draft was drawn from
+
+
+@dataclass
+class _Verified:
+    """One pass's outcome per row, read by the commit and by the next drafts."""
+
+    p: torch.Tensor  # (M, W, V) target distribution at every slot
+    acc: torch.Tensor  # (M,) leading drafts accepted
+    cand: torch.Tensor  # (M, W) each slot's token after the pass: accepted draft, residual/free token, own sample
+
+
+def _filled(run: _Run, active: torch.Tensor, done: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor | float,
+            fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drafts and q with the slots in ``fill`` from the init strategy: a deterministic token, q one-hot."""
+    last = run.codes[active, (done - 1).clamp(max=run.n - 1)]
+    drafts = _init_drafts(drafts, fill, done, run.codes[active], last, run.init, run.grid_w, run.vocab, run.rng)
+    return drafts, torch.where(fill[..., None], torch.nn.functional.one_hot(drafts, run.vocab).float(), q)
+
+
+def _start(run: _Run, b: int) -> _Rows:
+    """The first pass's rows: every sample after its first token, every draft (and q) from the init strategy."""
+    dev = run.codes.device
+    active, done = torch.arange(b, device=dev), torch.ones(b, dtype=torch.long, device=dev)
+    blank = torch.zeros(b, run.window - 1, dtype=torch.long, device=dev)
+    return _Rows(active, done, *_filled(run, active, done, blank, 0.0, torch.ones_like(blank, dtype=torch.bool)))
+
+
+def _accepted(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """Leading drafts accepted per row, each with probability min(1, p(d) / q(d)) (one uniform per draft)."""
+    w1 = drafts.shape[1]
+    if not w1:
+        return torch.zeros(drafts.shape[0], dtype=torch.long, device=drafts.device)
+    p_d = p[:, :w1].gather(-1, drafts[..., None]).squeeze(-1)
+    q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
+    r = torch.rand(drafts.shape, generator=rng, device=drafts.device)
+    return accepted_prefix(accept_mask(p_d, q_d, r))
+
+
+def _residual(p: torch.Tensor, q: torch.Tensor, acc: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """The token at slot ``acc``: from max(0, p - q) at the first rejection, from p (free) if all passed."""
+    w1 = q.shape[1]
+    rows = torch.arange(acc.shape[0], device=acc.device)
+    q_slot = q[rows, acc.clamp(max=w1 - 1)] if w1 else torch.zeros_like(p[:, 0])
+    q_slot = torch.where((acc == w1)[:, None], torch.zeros_like(q_slot), q_slot)
+    return torch.multinomial(residual_weights(p[rows, acc], q_slot), 1, generator=rng).squeeze(-1)
+
+
+def _verify(run: _Run, rows: _Rows) -> _Verified:
+    """One forward pass over each row's window (its last committed token, then its drafts): target probs,
+    the accepted prefix, the residual/free token after it, and this pass's own samples in the later slots."""
+    drafts, q = rows.drafts, rows.q
+    x = torch.cat([run.codes[rows.active, rows.done - 1][:, None], drafts], dim=1)
+    logits = run.dec.decode(torch.cat([x, x]) if run.guided else x, run.cache)
+    index = rows.done[:, None] + run.slots  # the image position each slot predicts
+    p = target_probs(guide_at(logits, index, run.opts, run.n) if run.guided else logits, run.opts)
+    acc = _accepted(p, drafts, q, run.rng)
+    new_tok = _residual(p, q, acc, run.rng)
+    fresh = _next_samples(p, drafts, q, run.coupled, run.rng) if drafts.shape[1] else drafts
+    cand = torch.cat([drafts, new_tok[:, None]], dim=1)
+    cand[torch.arange(acc.shape[0], device=acc.device), acc] = new_tok
+    cand[:, 1:] = torch.where(run.slots[None, 1:] > acc[:, None], fresh, cand[:, 1:])
+    return _Verified(p, acc, cand)
+
+
+def _commit(run: _Run, rows: _Rows, v: _Verified, stats: SamplerStats) -> torch.Tensor:
+    """Write the accepted drafts and the token after them to ``codes``, count the pass, drop the rejected
+    cache entries, advance ``rows.done``; returns each row's committed drafts (``ragged=False``: the minimum)."""
+    n, slots, done = run.n, run.slots, rows.done
+    step = v.acc if run.ragged else v.acc.min().expand_as(v.acc)
+    pos = done[:, None] + slots
+    write = (slots[None] <= step[:, None]) & (pos < n)
+    run.codes[rows.active[:, None].expand_as(pos)[write], pos[write]] = v.cand[write]
+    grew = (step + 1).clamp(max=n - done)
+    stats.forward_passes += 1
+    hist = torch.bincount(grew, minlength=run.window + 1).tolist()
+    stats.accept_histogram = [a + h for a, h in zip(stats.accept_histogram, hist)]
+    stats.accepted_history.append(float(grew.float().mean()))
+    run.cache.truncate((run.prefix + done + step).repeat(2 if run.guided else 1))
+    rows.done = done + step + 1
+    return step
+
+
+def _next_drafts(run: _Run, rows: _Rows, v: _Verified, step: torch.Tensor) -> None:
+    """The next pass's drafts: this pass's tokens in the slots after the committed ones (q: this pass's p
+    there; kept accepted drafts, ``ragged=False`` only: kept_draft_probs), then the init strategy."""
+    window, vocab, w1 = run.window, run.vocab, run.window - 1
+    src = step[:, None] + 1 + run.slots[None, :w1]
+    keep = src < window
+    src = src.clamp(max=window - 1)
+    nxt = v.cand.gather(1, src)
+    q_next = v.p.gather(1, src[..., None].expand(-1, -1, vocab))
+    kept_acc = keep & (src < v.acc[:, None])  # accepted drafts carried over (ragged=False only)
+    if bool(kept_acc.any()):
+        q_old = rows.q.gather(1, src.clamp(max=w1 - 1)[..., None].expand(-1, -1, vocab))
+        q_next = torch.where(kept_acc[..., None], kept_draft_probs(q_next, q_old), q_next)
+    rows.drafts, rows.q = _filled(run, rows.active, rows.done, nxt, q_next, ~keep)
+
+
+def _drop_finished(run: _Run, rows: _Rows) -> None:
+    """Samples with every token committed leave the active set and the cache (both halves under CFG)."""
+    finished = rows.done >= run.n
+    if bool(finished.any()):
+        left = (~finished).nonzero().squeeze(1)
+        run.cache.select(torch.cat([left, left + rows.active.numel()]) if run.guided else left)
+        rows.active, rows.done = rows.active[left], rows.done[left]
+        rows.drafts, rows.q = rows.drafts[left], rows.q[left]
+
+
 def sample_sjd(
-    model,
+    model: TokenGenerator,
     cond: torch.Tensor,
     opts: SamplingOptions,
     rng: torch.Generator | None,
@@ -152,90 +298,32 @@ def sample_sjd(
     current ones (MC-SJD; False: independent samples, the original SJD). ``compile``: each verification
     pass (a window at per-row positions over the whole cache) through ``torch.compile``; finished
     samples stay in the compiled batch (parked, outputs unused) instead of leaving it."""
-    _check(window, init, model)
+    _check(window, init)
     start = time.perf_counter()
-    b, n, vocab = cond.shape[0], model.seq_len, model.vocab_size
-    grid_w = getattr(model, "token_grid", (1, n))[1]
-    guided = opts.guided
-    inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
-    prefix = model.prefix_len
+    b, n = cond.shape[0], model.seq_len
+    inp = torch.cat([cond, model.null_condition(b)]) if opts.guided else cond
     dec = decoder_for(model, compile)
-    cache = dec.new_cache(inp.shape[0], prefix + n + window - 1)
-    dev = cache.lengths.device
-    codes = torch.zeros(b, n, dtype=torch.long, device=dev)
+    cache = dec.new_cache(inp.shape[0], model.prefix_len + n + window - 1)
+    codes = torch.zeros(b, n, dtype=torch.long, device=cache.lengths.device)
+    run = _Run(dec, cache, codes, opts, rng, window, init, ragged, coupled, model.vocab_size, model.token_grid[1],
+               model.prefix_len)
     stats = SamplerStats("sjd", b, n, guided_rows=inp.shape[0])
     stats.accept_histogram = [0] * (window + 1)
 
     logits = dec.prefill(inp, cache)
     stats.forward_passes = 1
-    zero = torch.zeros(b, 1, dtype=torch.long, device=dev)
-    codes[:, 0] = draw(guide_at(logits[:, None], zero, opts, n)[:, 0] if guided else logits, opts, rng)
-    w1 = window - 1
-    done = torch.ones(b, dtype=torch.long, device=dev)  # committed tokens per sample
-    active = torch.arange(b, device=dev)  # samples still running, in cache-row order
-    drafts = _init_drafts(torch.zeros(b, w1, dtype=torch.long, device=dev), torch.ones(b, w1, dtype=torch.bool, device=dev),
-                          done, codes, codes[:, 0], init, grid_w, vocab, rng)
-    q = torch.nn.functional.one_hot(drafts, vocab).float()
-    slots = torch.arange(window, device=dev)
+    zero = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
+    codes[:, 0] = draw(guide_at(logits[:, None], zero, opts, n)[:, 0] if opts.guided else logits, opts, rng)
+    rows = _start(run, b)
     bar = tqdm(total=n, disable=not progress, desc="sjd", unit="tok", leave=False)
     bar.update(1)
     reported = 0
-    while active.numel():
-        m_rows = active.numel()
-        rows = torch.arange(m_rows, device=dev)
-        last = codes[active, done - 1]
-        x = torch.cat([last[:, None], drafts], dim=1)
-        logits = dec.decode(torch.cat([x, x]) if guided else x, cache)
-        stats.forward_passes += 1
-        index = done[:, None] + slots  # the image position each slot predicts
-        p = target_probs(guide_at(logits, index, opts, n) if guided else logits, opts)
-        if w1:
-            p_d = p[:, :w1].gather(-1, drafts[..., None]).squeeze(-1)
-            q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
-            r = torch.rand(m_rows, w1, generator=rng, device=dev)
-            acc = accepted_prefix(accept_mask(p_d, q_d, r))
-        else:
-            acc = torch.zeros(m_rows, dtype=torch.long, device=dev)
-        q_slot = q[rows, acc.clamp(max=w1 - 1)] if w1 else torch.zeros_like(p[:, 0])
-        q_slot = torch.where((acc == w1)[:, None], torch.zeros_like(q_slot), q_slot)
-        new_tok = torch.multinomial(residual_weights(p[rows, acc], q_slot), 1, generator=rng).squeeze(-1)
-        fresh = _next_samples(p, drafts, q, coupled, rng) if w1 else drafts
-        # the token each slot holds after this pass: accepted drafts, the residual/free token, own samples
-        cand = torch.cat([drafts, new_tok[:, None]], dim=1)
-        cand[rows, acc] = new_tok
-        after = slots[None, 1:] > acc[:, None]
-        cand[:, 1:] = torch.where(after, fresh, cand[:, 1:])
-        step = acc if ragged else acc.min().expand_as(acc)
-        commit = slots[None] <= step[:, None]
-        pos = done[:, None] + slots
-        write = commit & (pos < n)
-        codes[active[:, None].expand_as(pos)[write], pos[write]] = cand[write]
-        grew = (step + 1).clamp(max=n - done)
-        hist = torch.bincount(grew, minlength=window + 1).tolist()
-        stats.accept_histogram = [a + h for a, h in zip(stats.accept_histogram, hist)]
-        stats.accepted_history.append(float(grew.float().mean()))
-        cache.truncate((prefix + done + step).repeat(2 if guided else 1))
-        done = done + step + 1
-        # next drafts: the slots after the committed ones, then the init strategy
-        src = step[:, None] + 1 + slots[None, :w1]
-        keep = src < window
-        src = src.clamp(max=window - 1)
-        nxt = cand.gather(1, src)
-        q_next = p.gather(1, src[..., None].expand(-1, -1, vocab))
-        kept_acc = keep & (src < acc[:, None])  # accepted drafts carried over (ragged=False only)
-        if bool(kept_acc.any()):
-            q_old = q.gather(1, src.clamp(max=w1 - 1)[..., None].expand(-1, -1, vocab))
-            q_next = torch.where(kept_acc[..., None], kept_draft_probs(q_next, q_old), q_next)
-        fill = ~keep
-        nxt = _init_drafts(nxt, fill, done, codes[active], codes[active, (done - 1).clamp(max=n - 1)], init, grid_w, vocab, rng)
-        q_next = torch.where(fill[..., None], torch.nn.functional.one_hot(nxt, vocab).float(), q_next)
-        finished = done >= n
-        if bool(finished.any()):
-            left = (~finished).nonzero().squeeze(1)
-            cache.select(torch.cat([left, left + m_rows]) if guided else left)
-            active, done, nxt, q_next = active[left], done[left], nxt[left], q_next[left]
-        drafts, q = nxt, q_next
-        low = int(done.min()) if done.numel() else n
+    while rows.active.numel():
+        verified = _verify(run, rows)
+        step = _commit(run, rows, verified, stats)
+        _next_drafts(run, rows, verified, step)
+        _drop_finished(run, rows)
+        low = int(rows.done.min()) if rows.done.numel() else n
         bar.update(low - bar.n)
         if callback is not None and (low // callback_every > reported // callback_every or low == n):
             callback(low, codes[:, :low])

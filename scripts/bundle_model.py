@@ -24,8 +24,9 @@ def describe(pipe) -> str:
             "background colours from a 6-colour palette, random size, position and rotation; anti-aliased)")
     if gen.kind == "scale":
         c = gen.config
-        return (f"A VAR-style class-conditional next-scale transformer ({n_gen / 1e6:.2f}M parameters, depth {c.depth}, "
-                f"width {c.embed_dim}{', shared AdaLN' if c.shared_aln else ''}) over the codes of a multi-scale VQ-VAE "
+        return (f"A VAR-style class-conditional next-scale transformer ({n_gen / 1e6:.2f}M parameters, "
+                f"depth {c.depth}, width {c.embed_dim}{', shared AdaLN' if c.shared_aln else ''}) "
+                "over the codes of a multi-scale VQ-VAE "
                 f"({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, {tok.codebook_size} codes, scales "
                 f"{', '.join(map(str, tok.patch_nums))}: {gen.seq_len} tokens in {len(tok.patch_nums)} steps), both "
                 f"trained from scratch on {data}.")
@@ -35,13 +36,15 @@ def describe(pipe) -> str:
                 f"A FlowAR-style scale-wise flow-matching generator (scales {', '.join(map(str, c.scale))})")
         return (f"{what} ({n_gen / 1e6:.2f}M parameters, encoder/decoder {c.encoder_depth}+{c.decoder_depth} blocks of "
                 f"width {c.encoder_embed_dim}, head {c.diffloss_d} x {c.diffloss_w}) over the latents of a KL VAE "
-                f"({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, {tok.latent_channels} channels, latent scale "
+                f"({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, {tok.latent_channels} channels, "
+                "latent scale "
                 f"{tok.scaling_factor:.4f}), both trained from scratch on {data}.")
     g = gen.token_grid
     encoder = (" with a patch-local encoder (each token sees only its own pixels, so a flat colour has one code)"
                if tok.config.encoder_type == "patch" else "")
     return (f"A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {gen.config.n_layer} layers, "
-            f"width {gen.config.dim}) over the codes of a VQ tokenizer{encoder} ({n_tok / 1e6:.2f}M parameters, downsample "
+            f"width {gen.config.dim}) over the codes of a VQ tokenizer{encoder} ({n_tok / 1e6:.2f}M parameters, "
+            "downsample "
             f"{tok.downsample}, {tok.codebook_size} codes; {pipe.image_size}x{pipe.image_size} images -> {g[0]}x{g[1]} "
             f"tokens), both trained from scratch on {data}.")
 
@@ -50,8 +53,10 @@ def code_stats(recon: dict) -> str:
     """The card's sentence on code multiplicity (discrete tokenizers only)."""
     if recon.get("code_perplexity_per_flat_colour") is None:
         return "."
-    return (f"; over the tokens of one flat colour the code perplexity is {recon['code_perplexity_per_flat_colour']:.1f}\n"
-            f"({recon['codes_per_flat_colour']:.0f} distinct code{'' if round(recon['codes_per_flat_colour']) == 1 else 's'})"
+    return ("; over the tokens of one flat colour the code perplexity is "
+            f"{recon['code_perplexity_per_flat_colour']:.1f}\n"
+            f"({recon['codes_per_flat_colour']:.0f} distinct code"
+            f"{'' if round(recon['codes_per_flat_colour']) == 1 else 's'})"
             "; codes beyond one per colour are entropy the generator must model without image content.")
 
 
@@ -65,7 +70,8 @@ def stage(info: dict, label: str) -> dict:
 
 def augmentation(training: dict[str, list[dict]]) -> str:
     """The card's line on image augmentation (a run before the choice existed recorded none)."""
-    used = sorted({f"{part}: {k}" for part, runs in training.items() for s in runs for k, on in (s.get("augment") or {}).items() if on})
+    used = sorted({f"{part}: {k}" for part, runs in training.items() for s in runs
+                   for k, on in (s.get("augment") or {}).items() if on})
     return f"augmented ({', '.join(used)})" if used else "no flips or crops"
 
 
@@ -89,6 +95,15 @@ def rows(parts: dict[str, list[dict]]) -> str:
         for part in parts.values() for s in part)
 
 
+HAND_WRITTEN = "<!-- written by hand from here on: scripts/bundle_model.py keeps it when it rebuilds the card -->"
+
+
+def hand_written(card: Path) -> str:
+    """The part of an existing model card after the HAND_WRITTEN marker (marker included), or ''."""
+    text = card.read_text() if card.exists() else ""
+    return "\n" + HAND_WRITTEN + text.split(HAND_WRITTEN, 1)[1] if HAND_WRITTEN in text else ""
+
+
 def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh",
          defaults: dict | None = None, judge: str | None = None) -> None:
     """``defaults``: sampling defaults to ship instead of the training run's (chosen by measuring
@@ -98,6 +113,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
     pipe = argen.load(gen_run)
     if defaults:
         pipe.defaults = {**pipe.defaults, **defaults}
+    kept = hand_written(dest / "README.md")
     if dest.exists():
         shutil.rmtree(dest)
     pipe.name = dest.name
@@ -133,8 +149,10 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
 |---|---|---|---|---|---|
 {rows(training)}
 
-Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index); {augmentation(training)}. The generator
-weights are the EMA (decay {training["generator"][-1]["ema_decay"]}), stored in float16 (argen loads them as float32). The exact commands (`{script}`):
+Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index); \
+{augmentation(training)}. The generator
+weights are the EMA (decay {training["generator"][-1]["ema_decay"]}), stored in float16 (argen loads them as \
+float32). The exact commands (`{script}`):
 
 ```bash
 {script_text.split("set -euo pipefail", 1)[1].split('cd "$(dirname "$0")/.."', 1)[1].strip()}
@@ -162,7 +180,7 @@ reconstructions{code_stats(recon)}
 
 ![samples (4 per class, seed 0)](samples.png)
 """
-    (dest / "README.md").write_text(card)
+    (dest / "README.md").write_text(card + kept)
     (dest / "training.json").write_text(json.dumps(training, indent=2))
     (dest / "quality.json").write_text(json.dumps({**quality, "tokenizer": recon}, indent=2))
     print(card)
@@ -177,6 +195,7 @@ if __name__ == "__main__":
     ap.add_argument("dest")
     ap.add_argument("--script", default="scripts/build_bundled.sh", help="the build script quoted in the card")
     ap.add_argument("--defaults", type=json.loads, help="sampling defaults to ship, JSON")
-    ap.add_argument("--judge", help="shapes classifier folder for benchmarks/shapes_quality.py (default: the committed one)")
+    ap.add_argument("--judge",
+                    help="shapes classifier folder for benchmarks/shapes_quality.py (default: the committed one)")
     a = ap.parse_args()
     main(a.tokenizer_run, a.generator_run, a.dest, a.script, a.defaults, a.judge)

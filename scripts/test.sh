@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+"${ARGEN_VENV:-.venv}/bin/ruff" check .  # style: pyproject.toml's [tool.ruff] (line length, import order, pyflakes)
 "${ARGEN_VENV:-.venv}/bin/python" -m pytest -q "$@"

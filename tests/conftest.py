@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 REPO = Path(__file__).resolve().parents[1]
 # the repository's own copy; ARGEN_SHARED=/path/to/shared tests against another copy (e.g. a newer one)
-REFERENCE = Path(os.environ["ARGEN_SHARED"]) / "reference" if os.environ.get("ARGEN_SHARED") else REPO / "tests" / "reference"
+REFERENCE = (Path(os.environ["ARGEN_SHARED"]) / "reference" if os.environ.get("ARGEN_SHARED")
+             else REPO / "tests" / "reference")
 FIXTURES = REFERENCE / "fixtures"
 LAYOUTS = REFERENCE / "layouts"
 
@@ -161,7 +162,8 @@ def tiny_pipe(gpt_tiny, vq_tiny):
 
     from argen import ARPipeline
 
-    return ARPipeline(copy.deepcopy(gpt_tiny), copy.deepcopy(vq_tiny), defaults=dict(LLAMAGEN_TINY_DEFAULTS), name="tiny")
+    return ARPipeline(copy.deepcopy(gpt_tiny), copy.deepcopy(vq_tiny), defaults=dict(LLAMAGEN_TINY_DEFAULTS),
+                      name="tiny")
 
 
 # -- a tiny pipeline of every registered family (tests/test_contract.py runs each through the contract) ------
@@ -177,7 +179,8 @@ def _tiny_var():
 
     cfg = fixture_config("var_tiny")
     vae = load_var_vae(fixture_weights("var_tiny_vqvae"), **{k: v for k, v in cfg["vae"].items() if k != "image_size"})
-    return load_var(fixture_weights("var_tiny"), vae=vae, drop_path_rate=0.0, **cfg["var"]), vae, {"cfg_scale": 1.5, "top_k": 10}
+    return (load_var(fixture_weights("var_tiny"), vae=vae, drop_path_rate=0.0, **cfg["var"]), vae,
+            {"cfg_scale": 1.5, "top_k": 10})
 
 
 def _kl_vae(gen):

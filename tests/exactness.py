@@ -43,6 +43,7 @@ class TableModel(torch.nn.Module):
     """Token-wise toy generator over ``vocab`` codes and ``length`` positions, prefix of one token."""
 
     kind = "token"
+    sampling_conventions: dict[str, str] = {}
     prefix_len = 1
 
     def __init__(self, vocab: int = 5, length: int = 4, num_classes: int = 2, sharpness: float = 1.5,
@@ -79,12 +80,15 @@ class TableModel(torch.nn.Module):
         return self.table[cond, 0]
 
     def decode(self, tokens: torch.Tensor, cache: TokenCache) -> torch.Tensor:
-        rows, w = tokens.shape
-        pos = cache.lengths[:, None] + torch.arange(w)
+        pos = cache.lengths[:, None] + torch.arange(tokens.shape[1])
+        logits = self.decode_at(tokens, pos, cache)
+        cache.lengths += tokens.shape[1]
+        return logits
+
+    def decode_at(self, tokens: torch.Tensor, pos: torch.Tensor, cache: TokenCache) -> torch.Tensor:
         assert int(pos.max()) < cache.tokens.shape[1], "window beyond the cache"
-        cache.tokens[torch.arange(rows)[:, None], pos] = tokens
-        cache.lengths += w
-        image = cache.tokens[:, self.prefix_len :]
+        cache.tokens[torch.arange(tokens.shape[0])[:, None], pos] = tokens
+        image = cache.tokens[:, self.prefix_len :]  # a prefix code reads only the tokens up to its position
         codes = self.prefix_codes(image).gather(1, (pos - self.prefix_len).clamp(max=self.seq_len - 2))
         return self.table[cache.cond[:, None], codes % self.table.shape[1]]
 
@@ -117,7 +121,8 @@ def _chi2_pvalue(observed: torch.Tensor, expected: torch.Tensor) -> float:
     dof = obs.numel() - 1
     if dof < 1:  # a single possible outcome: nothing to test
         return 1.0
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
 
 
 @dataclass
@@ -131,7 +136,8 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return min(self.p_joint, self.p_positions, self.p_pairs) >= P_FAIL and self.tv < self.tv_bound and self.impossible == 0
+        return (min(self.p_joint, self.p_positions, self.p_pairs) >= P_FAIL and self.tv < self.tv_bound
+                and self.impossible == 0)
 
 
 def check_samples(codes: torch.Tensor, seqs: torch.Tensor, prob: torch.Tensor, vocab: int) -> Verdict:
@@ -150,7 +156,8 @@ def check_samples(codes: torch.Tensor, seqs: torch.Tensor, prob: torch.Tensor, v
         p_pos = min(p_pos, _chi2_pvalue(obs, exp))
         if k + 1 < length:
             pair_obs = torch.bincount(codes[:, k] * vocab + codes[:, k + 1], minlength=vocab * vocab).double()
-            pair_exp = torch.zeros(vocab * vocab, dtype=torch.float64).index_add_(0, seqs[:, k] * vocab + seqs[:, k + 1], prob * n)
+            pair_exp = torch.zeros(vocab * vocab, dtype=torch.float64).index_add_(
+                0, seqs[:, k] * vocab + seqs[:, k + 1], prob * n)
             p_pair = min(p_pair, _chi2_pvalue(pair_obs, pair_exp))
     freq = counts / n
     tv = 0.5 * float((freq - expected / n).abs().sum())

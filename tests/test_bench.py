@@ -30,6 +30,7 @@ def test_argen_bench_compares_models_in_one_process(tmp_path):
 
 
 def test_argen_bench_rejects_a_sampler_the_model_lacks(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "argen", "bench", "--model", "shapes-flowar", "-s", "sjd", "--repeats", "1",
-                        "--no-warmup", "--out", str(tmp_path / "b.json")], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "argen", "bench", "--model", "shapes-flowar", "-s", "sjd",
+                        "--repeats", "1", "--no-warmup", "--out", str(tmp_path / "b.json")],
+                       capture_output=True, text=True)
     assert r.returncode != 0 and "sjd" in r.stderr and "Traceback" not in r.stderr

@@ -15,7 +15,8 @@ from argen.zoo import BUNDLED, DEFAULT_MODEL
 @pytest.mark.parametrize("name", list(BUNDLED))
 def test_bundled_model_is_small_and_documented(name):
     folder = BUNDLED[name].path
-    for f in ["model_index.json", "README.md", "samples.png", "generator/model.safetensors", "tokenizer/model.safetensors"]:
+    for f in ["model_index.json", "README.md", "samples.png", "generator/model.safetensors",
+              "tokenizer/model.safetensors"]:
         assert (folder / f).is_file(), f
     # "under about 20 MB" per bundled checkpoint
     assert all((folder / c / "model.safetensors").stat().st_size < 21e6 for c in ("generator", "tokenizer"))
@@ -34,7 +35,8 @@ def test_bundled_model_loads_offline_and_generates(name):
 
 def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "argen", "generate", "-q"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "argen", "generate", "-q"], cwd=tmp_path, capture_output=True, text=True,
+                       env=env)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["images"] == 10 and report["classes"] == list(range(10))

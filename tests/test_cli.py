@@ -12,7 +12,8 @@ from argen.cli import main
 
 def run_cli(*args, cwd=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "argen", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, "-m", "argen", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def test_generate_streams_a_multi_batch_request_and_caps_the_grid(converted, tmp
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["images"] == 15 and report["grid_images"] == 6 and report["batches"] == 4
     assert "shows the first 6 of 15 images (all 15 are in" in r.stderr
-    assert len(list((tmp_path / "all").iterdir())) == 15 and Image.open(tmp_path / "grid.png").size == (5 * 18 + 2, 2 * 18 + 2)
+    assert (len(list((tmp_path / "all").iterdir())) == 15
+            and Image.open(tmp_path / "grid.png").size == (5 * 18 + 2, 2 * 18 + 2))
 
 
 def test_generate_a_batch_that_cannot_fit_is_one_line(converted, tmp_path):
@@ -59,10 +61,12 @@ def test_generate_a_batch_that_cannot_fit_is_one_line(converted, tmp_path):
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
             "from argen.cli import main; sys.exit(main(sys.argv[1:]))")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-c", code, "generate", "--model", str(converted), "--classes", "1", "-n", "200000",
-                        "--batch-size", "200000", "--out", str(tmp_path / "g.png"), "-q"], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", code, "generate", "--model", str(converted), "--classes", "1",
+                        "-n", "200000", "--batch-size", "200000", "--out", str(tmp_path / "g.png"), "-q"],
+                       capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "a batch of 200000 images does not fit in cpu memory" in r.stderr
+    assert (r.stderr.strip().splitlines() == [r.stderr.strip()]
+            and "a batch of 200000 images does not fit in cpu memory" in r.stderr)
 
 
 def test_models_lists_the_zoo(capsys):
@@ -74,7 +78,8 @@ def test_models_lists_the_zoo(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "--model", "no-such-model"], "unknown model 'no-such-model'. Known models: shapes-llamagen, shapes-var"),
+        (["generate", "--model", "no-such-model"],
+         "unknown model 'no-such-model'. Known models: shapes-llamagen, shapes-var"),
         (["generate", "--classes", "99"], "class id(s) [99] out of range"),
         (["generate", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
         (["generate", "--top-p", "0"], "top_p must lie in (0, 1]"),
@@ -98,9 +103,11 @@ def test_bad_input_is_one_line_and_exit_2(converted, capsys, args, message):
 def test_bad_checkpoint_in_convert_subprocess(official_ckpts, tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not really a zip")
     r = run_cli("convert", "llamagen", "--gpt-ckpt", tmp_path / "broken.pt", "--vq-ckpt", official_ckpts / "vq.pt",
-                "--gpt-config", official_ckpts / "gpt.json", "--vq-config", official_ckpts / "vq.json", "--out", tmp_path / "o")
+                "--gpt-config", official_ckpts / "gpt.json", "--vq-config", official_ckpts / "vq.json",
+                "--out", tmp_path / "o")
     assert r.returncode == 2
     assert r.stderr.startswith("argen: error: ") and "broken.pt" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("convert", "llamagen", "--gpt-ckpt", official_ckpts / "vq.pt", "--vq-ckpt", official_ckpts / "vq.pt",
-                "--gpt-config", official_ckpts / "gpt.json", "--vq-config", official_ckpts / "vq.json", "--out", tmp_path / "o")
+                "--gpt-config", official_ckpts / "gpt.json", "--vq-config", official_ckpts / "vq.json",
+                "--out", tmp_path / "o")
     assert r.returncode == 2 and "missing keys" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -111,7 +111,7 @@ def test_compile_errors(gpt_tiny, monkeypatch):
     var = VAR(VARConfig(depth=2, embed_dim=32, num_heads=2, vocab_size=16, Cvae=4, num_classes=3, patch_nums=(1, 2)))
     with pytest.raises(ConfigError, match="unknown option.*compile"):
         S.sample(var, [0], compile=True)
-    with pytest.raises(ConfigError, match="fixed-shape decode step"):
+    with pytest.raises(ConfigError, match="fixed-shape decode step of token-wise generators.*VAR is 'scale'-wise"):
         compiled_decoder(var)
 
     import torch._inductor.cpp_builder as cpp_builder

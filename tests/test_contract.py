@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_family_pipe
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -14,9 +15,9 @@ from argen import samplers
 from argen.components import load_component
 from argen.errors import CheckpointError, ConfigError
 from argen.families import families
+from argen.generators.protocol import missing_members, protocol_for
 from argen.modeling import WEIGHTS_NAME
-
-from conftest import tiny_family_pipe
+from argen.tokenizers.protocol import tokenizer_protocol
 
 IDS = [1, 2, 3]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,3 +118,12 @@ def test_strict_loading_names_missing_and_unexpected_keys(tiny, tmp_path):
     msg = str(err.value)
     assert "missing keys (1)" in msg and dropped in msg, msg
     assert "unexpected keys (1)" in msg and "not_a_weight.bias" in msg, msg
+
+
+def test_generator_and_tokenizer_implement_their_kinds_protocols(tiny):
+    """What the samplers may call (argen.generators.protocol) and what the pipeline may call on the
+    tokenizer (argen.tokenizers.protocol) exist on the family's instances, not just on its class."""
+    pipe, _ = tiny
+    assert missing_members(pipe.generator, protocol_for(pipe.family.kind)) == []
+    assert missing_members(pipe.tokenizer, tokenizer_protocol(pipe.family.tokenizer_kind)) == []
+    assert pipe.tokenizer.kind == pipe.family.tokenizer_kind

@@ -1,11 +1,10 @@
 """Official checkpoint loading: wrappings, strictness, and clear errors for bad files."""
 import pytest
 import torch
+from conftest import GPT_TINY_ARGS, VQ_TINY_ARGS, fixture_weights
 
 from argen.convert.llamagen import load_gpt, load_vq
 from argen.errors import CheckpointError, ConfigError
-
-from conftest import GPT_TINY_ARGS, VQ_TINY_ARGS, fixture_weights
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,8 @@ def test_official_wrappings(tmp_path, sd, wrap, gpt_io):
     m = load_gpt(tmp_path / "c.pt", **GPT_TINY_ARGS)
     assert not m.training
     with torch.no_grad():
-        torch.testing.assert_close(m(gpt_io["tokens"], gpt_io["labels"]), gpt_io["logits_teacher_forced"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(m(gpt_io["tokens"], gpt_io["labels"]), gpt_io["logits_teacher_forced"],
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_tolerated_non_weight_entries_and_ema(tmp_path, sd):

@@ -88,7 +88,8 @@ def test_image_folder_augmentation_is_off_by_default_and_drawn_from_the_item_see
     both = ImageFolderDataset(tmp_path, 16, hflip=True, random_crop=True)
     mirrored = [bool(flip[(0, seed)][0][:, :, :8].mean() > 0) for seed in range(40)]
     assert 5 < sum(mirrored) < 35
-    assert mirrored == [bool(both[(0, seed)][0][:, :, :4].mean() > both[(0, seed)][0][:, :, -4:].mean()) for seed in range(40)]
+    assert mirrored == [bool(both[(0, seed)][0][:, :, :4].mean() > both[(0, seed)][0][:, :, -4:].mean())
+                        for seed in range(40)]
     assert torch.equal(both[(0, 7)][0], both[(0, 7)][0])
     assert len({both[(0, seed)][0].sum().item() for seed in range(40)}) > 3  # the crops move
 

@@ -1,9 +1,9 @@
 """The Gradio demo: the page builds; the event function streams previews, then the images and the
 statistics; errors are messages; the pipeline cache stays bounded; a launched app serves
 gradio_client requests (streamed, four at once through the queue) and a real headless browser."""
+import importlib.util
 import json
 import os
-import importlib.util
 import shutil
 import threading
 import time
@@ -17,16 +17,17 @@ from PIL import Image
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
+from conftest import tiny_family_pipe  # noqa: E402
 
 import argen  # noqa: E402
 from argen import demo as app  # noqa: E402
 from argen.demo_models import PipelineCache, model_info  # noqa: E402
 from argen.preview import Finished, Preview, decode_partial, generate_stream  # noqa: E402
-from conftest import tiny_family_pipe  # noqa: E402
 
 # gradio's queue (not this code) trips pandas 3 deprecations
 pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"), pytest.mark.usefixtures("one_thread")]
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+              pytest.mark.usefixtures("one_thread")]
 MODEL = "shapes-llamagen"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_controls_follow_the_model_card():
 def test_event_function_streams_previews_then_images_then_stats(sampler, shapes):
     app.configure([MODEL])
     outs = list(app.generate(MODEL, sampler, ["star", 9], n_images=2, seed=3, preview_every=16, window=8))
-    previews, (grid, gallery, none), (_, gallery2, rows) = outs[:-2], outs[-2], outs[-1]
+    previews, (_, gallery, none), (_, gallery2, rows) = outs[:-2], outs[-2], outs[-1]
     assert len(previews) >= 2 and none is None
     for image, g, s in previews:
         assert isinstance(image, Image.Image) and image.size == (2 * 64 + 3 * 2, 64 + 2 * 2) and g is None and s is None
@@ -210,7 +211,8 @@ def test_browser_click_generates_an_image(served, tmp_path):
         for attempt in range(4):
             browser.click(page, "#generate")
             try:
-                browser.wait_for(page, "document.querySelectorAll('#gallery img').length >= 1", timeout=30 * (attempt + 1))
+                browser.wait_for(page, "document.querySelectorAll('#gallery img').length >= 1",
+                                 timeout=30 * (attempt + 1))
                 break
             except TimeoutError:
                 if attempt == 3:

@@ -353,7 +353,8 @@ def test_shapes_score_of_the_bundled_model(tmp_path):
     assert main(["--domain", "shapes", "--model", "shapes-llamagen", "--per-class", "2", "--out", str(out), "-q"]) == 0
     result = json.loads(out.read_text())
     assert result["images"] == 20 and 0 <= result["accuracy"] <= 1 and result["frechet_distance"] > 0
-    assert result["model"] == "shapes-llamagen" and result["sampling"]["cfg_scale"] == argen.load("shapes-llamagen").defaults["cfg_scale"]
+    assert (result["model"] == "shapes-llamagen"
+            and result["sampling"]["cfg_scale"] == argen.load("shapes-llamagen").defaults["cfg_scale"])
 
 
 # -- distributed sampling -----------------------------------------------------------------------

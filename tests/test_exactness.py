@@ -2,10 +2,10 @@
 tests/exactness.py), and the same test fails for each known way of getting speculative sampling wrong."""
 import pytest
 import torch
+from exactness import TableModel, run, tv_of
 
 import argen.samplers.sjd as sjd
 from argen.samplers.logits import top_p_filter
-from exactness import TableModel, run, tv_of
 
 MODEL = TableModel(vocab=5, length=4, grid=(2, 2))
 

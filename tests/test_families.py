@@ -3,6 +3,7 @@ official files, random weights, pretrained folder), trains for a step through `a
 samples and converts through `argen convert` -- no other file knows it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def _convert(args):
 
 def _derive_config(tok, *, resolution, num_classes, class_dropout, dropout):
     h, w = tok.latent_grid(resolution)
-    return dict(vocab_size=tok.codebook_size, block_size=h * w, num_classes=num_classes, class_dropout_prob=class_dropout)
+    return dict(vocab_size=tok.codebook_size, block_size=h * w, num_classes=num_classes,
+                class_dropout_prob=class_dropout)
 
 
 CALLS: list[str] = []  # which of the record's functions argen called
@@ -79,7 +81,8 @@ TOY = Family(
     load_official=_counted("load_official", _load_official),
     random_weights=_counted("random_weights", _random_weights),
     convert_args=(arg("--toy-ckpt", required=True), arg("--toy-config"), arg("--toy-arg", action="append"),
-                  arg("--tokenizer", required=True, help="an argen tokenizer folder"), arg("--cfg", type=float, default=2.0)),
+                  arg("--tokenizer", required=True, help="an argen tokenizer folder"),
+                  arg("--cfg", type=float, default=2.0)),
     convert=_counted("convert", _convert),
     train_presets={"tiny": dict(dim=32, n_layer=1, n_head=2, multiple_of=32)},
     size_args=(("dim",), ("n_layer",), ("n_head",)),
@@ -174,10 +177,32 @@ def test_a_registered_family_trains_samples_loads_and_converts(toy, vq_dir, tmp_
 
 
 def test_training_checks_the_family_against_the_tokenizer(vq_dir, tmp_path, capsys):
-    assert main(["train", "generator", "--kind", "mar", "--tokenizer", str(vq_dir), "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert main(["train", "generator", "--kind", "mar", "--tokenizer", str(vq_dir), "--out", str(tmp_path / "x"),
+                 "-q"]) == 2
     err = capsys.readouterr().err
-    assert "--kind mar needs a continuous (KL VAE or diffusers AutoencoderKL) tokenizer" in err and "'llamagen-vq'" in err
+    assert ("--kind mar needs a continuous (KL VAE or diffusers AutoencoderKL) tokenizer" in err
+            and "'llamagen-vq'" in err)
     with pytest.raises(ConfigError, match="no generator family is trained on 'bits' tokenizers"):
         from argen.families import family_for_tokenizer
 
         family_for_tokenizer("bits")
+
+
+def test_a_family_whose_generator_breaks_its_protocol_is_refused(toy):
+    """Registration holds the generator class to its kind's protocol and names what it lacks."""
+
+    class NoCache(torch.nn.Module):
+        kind = "token"
+
+    class Odd(LlamaGen):
+        kind = "voxel"
+
+    with pytest.raises(ConfigError,
+                       match=r"NoCache declares kind 'token' but lacks .*decode, decode_at.*TokenGenerator"):
+        register_family(dataclasses.replace(toy, name="broken", generator_class=NoCache))
+    with pytest.raises(ConfigError,
+                       match="unknown generator kind 'voxel'; kinds .*: token, scale, continuous, flow-scale"):
+        register_family(dataclasses.replace(toy, name="broken", generator_class=Odd))
+    with pytest.raises(ConfigError, match="unknown tokenizer kind 'bits'"):
+        register_family(dataclasses.replace(toy, name="broken", tokenizer_kind="bits"))
+    assert "broken" not in [f.name for f in families()]

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import FIXTURES, LAYOUTS, fixture_config, fixture_io, fixture_weights
 
 import argen.samplers as S
 from argen.convert.checkpoint import load_into
@@ -14,7 +15,6 @@ from argen.generators.flowar import unpatchify
 from argen.nn.flow import euler_integrate, flowar_time_grid, linear_time_grid
 from argen.samplers.flowar import interval_guidance
 from argen.samplers.logits import SamplingOptions, guide
-from conftest import FIXTURES, LAYOUTS, fixture_config, fixture_io, fixture_weights
 
 ATOL, RTOL = 1e-5, 1e-4
 SAMPLE_ATOL = 1e-4  # many Euler steps amplify float32 round-off
@@ -213,8 +213,9 @@ def test_sampler_seeds_and_unguided(model):
 
 
 def test_sampler_bad_options(model):
-    for kw, match in ((dict(top_k=5), "top_k"), (dict(temperature=0.5), "temperature"), (dict(num_steps=1), "flow steps"),
-                      (dict(guidance_low=0.5, guidance_high=0.2), "guidance_low"), (dict(upsample_size=0), "upsample_size"),
+    for kw, match in ((dict(top_k=5), "top_k"), (dict(temperature=0.5), "temperature"),
+                      (dict(num_steps=1), "flow steps"), (dict(guidance_low=0.5, guidance_high=0.2), "guidance_low"),
+                      (dict(upsample_size=0), "upsample_size"),
                       (dict(cfg_schedule="var"), "cfg_schedule"), (dict(classes=[10]), "out of range")):
         kw = {"classes": [1], **kw}
         with pytest.raises(ConfigError, match=match):
@@ -332,16 +333,18 @@ def test_convert_and_generate_cli(tmp_path):
 
     from PIL import Image
 
-    from argen.tokenizers import KLConfig, KLVAE
+    from argen.tokenizers import KLVAE, KLConfig
 
     torch.save(fixture_weights("flowar_tiny"), tmp_path / "FlowAR-T.pth")  # the release format: a flat state dict
     vae_args = dict(embed_dim=16, ch=16, ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1, norm_groups=8)  # 64px -> 4x4x16
     torch.manual_seed(0)
     torch.save({"model": KLVAE(KLConfig(**vae_args)).state_dict()}, tmp_path / "kl.ckpt")
-    flowar_args = [f"--flowar-arg={k}={json.dumps(v)}" for k, v in fixture_config("flowar_tiny", drop=("seq_len", "latent_hw")).items()]
+    flowar_args = [f"--flowar-arg={k}={json.dumps(v)}"
+                   for k, v in fixture_config("flowar_tiny", drop=("seq_len", "latent_hw")).items()]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = tmp_path / "flowar-tiny"
-    r = subprocess.run([sys.executable, "-m", "argen", "convert", "flowar", "--flowar-ckpt", str(tmp_path / "FlowAR-T.pth"),
+    r = subprocess.run([sys.executable, "-m", "argen", "convert", "flowar",
+                        "--flowar-ckpt", str(tmp_path / "FlowAR-T.pth"),
                         "--vae-ckpt", str(tmp_path / "kl.ckpt"), *flowar_args,
                         *[f"--vae-arg={k}={json.dumps(v)}" for k, v in vae_args.items()], "--out", str(out)],
                        capture_output=True, text=True, env=env)

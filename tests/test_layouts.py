@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import LAYOUTS, reference_layouts
 
 from argen.convert.checkpoint import load_into
 from argen.convert.llamagen import gpt_config, vq_config
 from argen.generators import LlamaGen
 from argen.tokenizers import VQTokenizer
-
-from conftest import LAYOUTS, reference_layouts
 
 GPT = {
     "llamagen_gpt_b_c2i": dict(preset="GPT-B"),

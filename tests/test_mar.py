@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import fixture_config, fixture_io, fixture_weights
 
 import argen.samplers as S
 from argen.errors import ConfigError
 from argen.generators import MAR, MARConfig
 from argen.nn.diffusion import GaussianDiffusion
 from argen.samplers.mar import mask_lengths
-from conftest import fixture_config, fixture_io, fixture_weights
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -91,6 +91,28 @@ def test_respacing_matches_adm_for_mar_default():
 def _first_step_eps_gain(chain: GaussianDiffusion) -> float:
     """How much the first reverse step's mean moves per unit of epsilon error: coef1 * sqrt(1/ab - 1)."""
     return float(chain.posterior_mean_coef1[-1] * chain.sqrt_recipm1_alphas_cumprod[-1])
+
+
+def test_config_lists_the_official_arguments_then_argen_extensions():
+    """MARConfig's fields are the official constructor's arguments in its order, then the fenced
+    EXTENSIONS, all official by default; ``extensions_in_use`` names those a config turns on, and a saved
+    config (flat JSON keys) loads unchanged."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    official = list(fixture_config("mar_tiny"))
+    names = [f.name for f in dataclasses.fields(MARConfig)]
+    assert names == official + list(MARConfig.EXTENSIONS)
+    assert MARConfig().extensions_in_use() == {}
+    assert all(MARConfig.preset(n).extensions_in_use() == {} for n in ("mar_base", "mar_large", "mar_huge"))
+    assert MARConfig(**fixture_config("mar_tiny")).extensions_in_use() == {}
+    assert MARConfig(rope="2d", x0_loss_weight=0.5).extensions_in_use() == {"rope": "2d", "x0_loss_weight": 0.5}
+    saved = json.loads((Path(__file__).parents[1] / "assets/shapes-mar/generator/config.json").read_text())
+    cfg = MARConfig(**{k: v for k, v in saved.items() if k != "_class"})
+    assert cfg.extensions_in_use() == {"noise_schedule": "linear", "pos_embed_init": "sincos", "rope": "2d",
+                                       "mask_ratio_dist": "cosine", "attn_bias": "distance", "x0_loss_weight": 1.0}
+    assert dataclasses.asdict(cfg) == {k: v for k, v in saved.items() if k != "_class"}
 
 
 def test_noise_schedule_option():
@@ -221,7 +243,8 @@ def test_distance_attention_bias():
     assert bias.shape == (1, 4, 4, 4)
     torch.testing.assert_close(bias[0, 0, 1, 2], torch.tensor(-0.25 * math.sqrt(2)))
     torch.testing.assert_close(bias[0, 1, 1, 3], torch.tensor(-0.0625 * 3))
-    assert torch.equal(bias, bias.transpose(-1, -2)) and bias[0, :, 0].abs().max() == 0 and bias[0, :, :, 0].abs().max() == 0
+    assert torch.equal(bias, bias.transpose(-1, -2))
+    assert bias[0, :, 0].abs().max() == 0 and bias[0, :, :, 0].abs().max() == 0
 
     torch.manual_seed(0)
     cfg = fixture_config("mar_tiny")
@@ -238,7 +261,8 @@ def test_distance_attention_bias():
     with torch.no_grad():
         z = model.conditions(tokens, mask, emb)
         for row in range(3):  # batched rows with different known positions = each row alone
-            torch.testing.assert_close(z[row:row + 1], model.conditions(tokens[row:row + 1], mask[row:row + 1], emb[row:row + 1]))
+            one = slice(row, row + 1)
+            torch.testing.assert_close(z[one], model.conditions(tokens[one], mask[one], emb[one]))
         assert (z - plain.conditions(tokens, mask, emb)).abs().max() > 1e-3
         # without position embeddings only the bias tells masked slots apart
         for m in (model, plain):
@@ -270,7 +294,10 @@ def test_rope_2d_option():
     from argen.nn.rope import apply_rope
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
     table = rope_2d_rows(torch.arange(16)[None], grid=4, head_dim=8)
-    score = lambda a, b: (apply_rope(q, table[:, a:a + 1]) * apply_rope(k, table[:, b:b + 1])).sum()
+
+    def score(a: int, b: int) -> torch.Tensor:
+        return (apply_rope(q, table[:, a:a + 1]) * apply_rope(k, table[:, b:b + 1])).sum()
+
     torch.testing.assert_close(score(5, 1), score(10, 6))  # both: key one row above the query
     assert (score(5, 1) - score(5, 4)).abs() > 1e-4  # above vs left differ
 
@@ -288,7 +315,8 @@ def test_rope_2d_option():
     with torch.no_grad():
         z = model.conditions(tokens, mask, emb)
         for row in range(2):
-            torch.testing.assert_close(z[row:row + 1], model.conditions(tokens[row:row + 1], mask[row:row + 1], emb[row:row + 1]))
+            one = slice(row, row + 1)
+            torch.testing.assert_close(z[one], model.conditions(tokens[one], mask[one], emb[one]))
         assert (z - plain.conditions(tokens, mask, emb)).abs().max() > 1e-3
 
 
@@ -411,8 +439,9 @@ def test_training_loss_decreases_on_a_fixed_batch():
 def test_released_layouts_load_strictly(name):
     import json
 
-    from argen.convert.checkpoint import load_into
     from conftest import LAYOUTS
+
+    from argen.convert.checkpoint import load_into
 
     layout = json.loads((LAYOUTS / f"{name}.json").read_text())
     model = MAR.from_config(MARConfig.preset(name), device="meta")
@@ -467,8 +496,9 @@ def test_convert_and_generate_cli(tmp_path):
     mar_args = [f"--mar-arg={k}={json.dumps(v)}" for k, v in TINY_MAR_ARGS.items()]
     out = tmp_path / "mar-tiny"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "argen", "convert", "mar", "--mar-ckpt", str(tmp_path / "checkpoint-last.pth"),
-                        "--vae-ckpt", str(tmp_path / "kl.ckpt"), *mar_args, *vae_args, "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "argen", "convert", "mar",
+                        "--mar-ckpt", str(tmp_path / "checkpoint-last.pth"), "--vae-ckpt", str(tmp_path / "kl.ckpt"),
+                        *mar_args, *vae_args, "--out", str(out)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "argen", "generate", "-q", "--model", str(out), "--classes", "1", "2",
@@ -487,7 +517,8 @@ def test_pipeline_decodes_tokens_through_the_vae(tmp_path):
 
     _official_files(tmp_path)
     vae_cfg = fixture_config("mar_vae_tiny")
-    vae = load_vae(tmp_path / "kl.ckpt", None, **{k: vae_cfg[k] for k in ("embed_dim", "ch", "ch_mult", "num_res_blocks")})
+    vae = load_vae(tmp_path / "kl.ckpt", None,
+                   **{k: vae_cfg[k] for k in ("embed_dim", "ch", "ch_mult", "num_res_blocks")})
     mar = load_mar(tmp_path / "checkpoint-last.pth", **TINY_MAR_ARGS)
     pipe = ARPipeline(mar, vae, defaults={"cfg_scale": 3.0, "num_iter": 2, "diffusion_steps": 3})
     images = pipe.generate([0, 5], seed=3, output_type="pt")

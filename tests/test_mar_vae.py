@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import LAYOUTS, fixture_config, fixture_io, fixture_weights
+from test_layouts import _meta_state
 
 from argen.convert.checkpoint import load_into
 from argen.convert.mar import load_vae
 from argen.errors import CheckpointError, ConfigError
-from argen.tokenizers import DiffusersVAE, KLConfig, KLVAE
-
-from conftest import LAYOUTS, fixture_config, fixture_io, fixture_weights
-from test_layouts import _meta_state
+from argen.tokenizers import KLVAE, DiffusersVAE, KLConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 # the official constructor arguments of the fixture; the attention placement is KLVAE's fixed one

@@ -3,13 +3,12 @@ import json
 
 import pytest
 import torch
+from conftest import GPT_TINY_ARGS, VQ_TINY_ARGS
 from PIL import Image
 
 import argen
 from argen import zoo
 from argen.errors import CheckpointError, ConfigError, DownloadError, UnknownModelError
-
-from conftest import GPT_TINY_ARGS, VQ_TINY_ARGS
 
 
 def test_generate_returns_images_and_stats(tiny_pipe):
@@ -31,7 +30,8 @@ def test_big_requests_stream_in_batches_and_images_do_not_depend_on_the_batch_si
     assert torch.equal(tail, whole[4:]) and not torch.equal(tail, whole[:3])
     # batch by batch: decoded as they finish, positions in the request, one merged stats
     batches = list(tiny_pipe.generate_batches(ids, seed=3, batch_size=3, output_type="pt"))
-    assert [(b.start, b.classes, b.images.shape[0]) for b in batches] == [(0, [1, 2, 3], 3), (3, [4, 5, 6], 3), (6, [7], 1)]
+    assert [(b.start, b.classes, b.images.shape[0]) for b in batches] == [(0, [1, 2, 3], 3), (3, [4, 5, 6], 3),
+                                                                          (6, [7], 1)]
     torch.testing.assert_close(torch.cat([b.images for b in batches]), tiny_pipe.decode(whole))
     assert tiny_pipe.last_stats.batches == 3 and tiny_pipe.last_stats.seed == 3
 
@@ -56,7 +56,8 @@ def test_batch_samplers_are_reproducible_per_batch_size(tiny_pipe):
     from argen import samplers
 
     with pytest.raises(ConfigError, match="draws a 'token' model's batch from one random stream"):
-        samplers.sample(tiny_pipe.generator, [1, 2], sampler="sjd", generator=samplers.RowStreams.from_seed(0, 0, 2, "cpu"))
+        samplers.sample(tiny_pipe.generator, [1, 2], sampler="sjd",
+                        generator=samplers.RowStreams.from_seed(0, 0, 2, "cpu"))
     with pytest.raises(ConfigError, match="3 random streams for a batch of 2 rows"):
         samplers.sample(tiny_pipe.generator, [1, 2], generator=samplers.RowStreams.from_seed(0, 0, 3, "cpu"))
 
@@ -127,7 +128,8 @@ def test_load_errors(tmp_path):
 def test_zoo_lists_the_released_models():
     names = [e.name for e in argen.list_models()]
     bundled = list(zoo.BUNDLED)
-    assert bundled[0] == "shapes-llamagen" and names[: len(bundled) + 2] == [*bundled, "llamagen-gpt-b", "llamagen-gpt-b-384"]
+    assert (bundled[0] == "shapes-llamagen"
+            and names[: len(bundled) + 2] == [*bundled, "llamagen-gpt-b", "llamagen-gpt-b-384"])
     assert {"llamagen-gpt-l", "llamagen-gpt-xl-384", "llamagen-gpt-xxl-384", "llamagen-gpt-3b-384"} <= set(names)
     e = zoo.OFFICIAL["llamagen-gpt-xl-384"]
     assert e.files == {"generator": "c2i_XL_384.pt", "tokenizer": "vq_ds16_c2i.pt"}
@@ -159,7 +161,8 @@ def test_zoo_name_converts_official_files_on_the_fly(tiny_entry, official_ckpts,
 
 
 def test_zoo_name_offline_without_files_says_so(tiny_entry, tmp_path):
-    with pytest.raises(DownloadError, match="cannot get gpt.pt from the hub repository FoundationVision/LlamaGen.*offline"):
+    with pytest.raises(DownloadError,
+                       match="cannot get gpt.pt from the hub repository FoundationVision/LlamaGen.*offline"):
         argen.load(tiny_entry.name, local_files_only=True)
     with pytest.raises(DownloadError, match="not in"):
         argen.load(tiny_entry.name, checkpoint_dir=tmp_path, local_files_only=True)

@@ -123,8 +123,8 @@ def test_cfg_interval_drops_the_unconditional_rows_without_changing_tokens(model
                 x = torch.tensor(out[-1])[:, None]
                 logits = model.decode(torch.cat([x, x]), cache)[:, -1]
             c, u = logits.chunk(2)
-            l = u + (c - u) * 3.0 if i <= 4 else c
-            out.append(l.argmax(-1).tolist())
+            guided = u + (c - u) * 3.0 if i <= 4 else c
+            out.append(guided.argmax(-1).tolist())
     assert a.tolist() == torch.tensor(out).T.tolist()
 
 
@@ -149,7 +149,8 @@ def test_invalid_options_are_clear_errors(model, kwargs, match):
         S.sample(model, [0], **kwargs)
 
 
-@pytest.mark.parametrize("classes, match", [([5], r"out of range.*0\.\.4"), ([-1], "out of range"), ([[1, 2]], "1-D"), ([], "no classes")])
+@pytest.mark.parametrize("classes, match", [([5], r"out of range.*0\.\.4"), ([-1], "out of range"), ([[1, 2]], "1-D"),
+                                            ([], "no classes")])
 def test_bad_classes(model, classes, match):
     with pytest.raises(ConfigError, match=match):
         S.sample(model, classes)
@@ -157,3 +158,12 @@ def test_bad_classes(model, classes, match):
 
 def test_samplers_for_model(model):
     assert S.samplers_for(model) == ["ar", "sjd"]
+    with pytest.raises(ConfigError, match="Tensor is not an argen generator"):
+        S.sample(torch.zeros(1), [0])
+
+
+def test_samplers_register_for_protocol_kinds_only():
+    with pytest.raises(ConfigError,
+                       match="unknown generator kind 'pixels'; kinds .*: token, scale, continuous, flow-scale"):
+        S.register_sampler("mine", lambda *a: None, ["pixels"])
+    assert "mine" not in S.SAMPLERS

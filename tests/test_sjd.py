@@ -79,8 +79,9 @@ def test_sjd_through_pipeline_and_cli(tmp_path):
 
 def test_argen_bench_reports_samplers_against_ar(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "argen", "bench", "--samplers", "sjd:window=4,init=random", "--repeats", "1",
-                        "-b", "1", "2", "--classes", "star", "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "argen", "bench", "--samplers", "sjd:window=4,init=random",
+                        "--repeats", "1", "-b", "1", "2", "--classes", "star", "--out", str(out)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "sjd:window=4,init=random" in r.stdout and "vs ar" in r.stdout
     report = json.loads(out.read_text())
@@ -123,8 +124,9 @@ def test_sjd_on_a_text_conditioned_model_equals_ar_greedy():
 
 
 def test_draw_rows_inverse_cdf_matches_the_weights():
-    from argen.samplers.sjd import draw_rows
     from exactness import P_FAIL, _chi2_pvalue
+
+    from argen.samplers.sjd import draw_rows
 
     w = torch.tensor([0.0, 3.0, 0.0, 1.0, 0.5, 0.0, 2.5, 0.0])  # unnormalised, zeros at both ends too
     rows = w.expand(200_000, -1)

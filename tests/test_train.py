@@ -3,13 +3,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import argen
+from argen.data import ShapesDataset
 from argen.errors import CheckpointError, ConfigError
 from argen.generators import LlamaGen, LlamaGenConfig
 from argen.tokenizers import VQTokenizer
@@ -18,7 +18,6 @@ from argen.train import TrainSettings, train_generator, train_tokenizer
 from argen.train.generator import generator_config, next_token_loss
 from argen.train.loop import RecentMeans
 from argen.train.tokenizer import tokenizer_config, vq_loss
-from argen.data import ShapesDataset
 
 
 def _batch(n=8, res=16):
@@ -147,7 +146,8 @@ def test_init_from_continues_a_finished_model(trained, tmp_path):
                           generator_config("tiny"), dropout=0.3, init_from=str(gen))
     tuned = argen.load(out).generator.state_dict()
     assert all(torch.allclose(tuned[k], start[k], atol=1e-6) for k in start)
-    fresh = train_generator(_settings(tmp_path / "new", steps=1, lr=1e-12, warmup_steps=1), str(tok), generator_config("tiny"))
+    fresh = train_generator(_settings(tmp_path / "new", steps=1, lr=1e-12, warmup_steps=1), str(tok),
+                            generator_config("tiny"))
     assert not torch.allclose(argen.load(fresh).generator.state_dict()["output.weight"], start["output.weight"])
     with pytest.raises(ConfigError, match=r"another architecture or tokenizer \(dim: saved 64 vs now 32"):
         train_generator(_settings(tmp_path / "bad"), str(tok), generator_config("tiny", dim=32), init_from=str(gen))
@@ -155,7 +155,8 @@ def test_init_from_continues_a_finished_model(trained, tmp_path):
         train_generator(_settings(tmp_path / "bad2"), str(tok), generator_config("tiny"), init_from=str(tmp_path))
     with pytest.raises(ConfigError, match="holds a 'llamagen-vq', this run trains a 'llamagen'"):
         train_generator(_settings(tmp_path / "bad3"), str(tok), generator_config("tiny"), init_from=str(tok))
-    r = subprocess.run([sys.executable, "-m", "argen", "train", "generator", "--tokenizer", str(tok), "--init-from", str(gen),
+    r = subprocess.run([sys.executable, "-m", "argen", "train", "generator", "--tokenizer", str(tok),
+                        "--init-from", str(gen),
                         "--out", str(tmp_path / "cli"), "--resolution", "16", "--steps", "1", "--batch-size", "2",
                         "--warmup-steps", "1", "--seed", "3", "--quiet"], capture_output=True, text=True,
                        env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import argen
-from argen.errors import ConfigError
+from argen.data import ShapesDataset
 from argen.tokenizers import KLVAE
 from argen.train.tokenizer import tokenizer_config, vq_loss
-from argen.data import ShapesDataset
 
 
 def _run(*args):
@@ -60,7 +59,8 @@ def test_train_kl_then_mar_with_the_cli(tmp_path):
     r = _run("train", "generator", "--kind", "var", "--tokenizer", str(tmp_path / "kl"), "--steps", "1",
              "--out", str(tmp_path / "x"), *common)
     assert r.returncode != 0 and "multi-scale VQ tokenizer" in r.stderr and "mar-kl" in r.stderr
-    r = _run("train", "tokenizer", "--kind", "kl", "--codebook-size", "8", "--steps", "1", "--out", str(tmp_path / "y"), *common)
+    r = _run("train", "tokenizer", "--kind", "kl", "--codebook-size", "8", "--steps", "1", "--out", str(tmp_path / "y"),
+             *common)
     assert r.returncode != 0 and "--z-channels" in r.stderr
 
 
@@ -114,14 +114,16 @@ def test_train_on_a_diffusers_vae_with_the_cli(tmp_path, diffusers_vae_dir, kind
         original = DiffusersVAE.from_diffusers(diffusers_vae_dir)
         torch.testing.assert_close(tok.encode(x), original.encode(x))
     opts = ["--num-steps", "2"] if kind == "flowar" else ["--num-iter", "2", "--diffusion-steps", "2"]
-    r = _run("generate", "--model", str(tmp_path / kind), "--classes", "star", *opts, "--out", str(tmp_path / "g.png"), "-q")
+    r = _run("generate", "--model", str(tmp_path / kind), "--classes", "star", *opts, "--out", str(tmp_path / "g.png"),
+             "-q")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["forward_passes"] == passes
 
 
 def test_train_generator_tokenizer_errors(tmp_path, diffusers_vae_dir):
     common = ["--resolution", "16", "--batch-size", "4", "--steps", "1", "-q"]
-    r = _run("train", "generator", "--kind", "var", "--tokenizer", str(diffusers_vae_dir), "--out", str(tmp_path / "x"), *common)
+    r = _run("train", "generator", "--kind", "var", "--tokenizer", str(diffusers_vae_dir), "--out", str(tmp_path / "x"),
+             *common)
     assert r.returncode != 0 and "multi-scale VQ tokenizer" in r.stderr and "'diffusers-vae'" in r.stderr
     r = _run("train", "generator", "--tokenizer", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"), *common)
     assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
@@ -133,7 +135,7 @@ def test_train_generator_tokenizer_errors(tmp_path, diffusers_vae_dir):
 def test_small_preset_fits_the_bundle_budget(family):
     """A bundled checkpoint stays under about 20 MB (float16): the 'small' presets of the continuous
     families, on the shapes KL VAE's 8x8x8 latents, must fit before an hour is spent training one."""
-    from argen.generators import FlowAR, FlowARConfig, MAR, MARConfig
+    from argen.generators import MAR, FlowAR, FlowARConfig, MARConfig
     from argen.train.generator import generator_config
 
     geometry = dict(img_size=64, vae_stride=8, vae_embed_dim=8, class_num=10)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import FIXTURES, LAYOUTS, fixture_io, fixture_weights, reference_layouts
 
 import argen.samplers as S
 from argen.convert.checkpoint import load_into
@@ -12,8 +13,6 @@ from argen.convert.var import load_var, load_var_vae
 from argen.errors import ConfigError
 from argen.generators.var import VAR, VARConfig
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
-
-from conftest import FIXTURES, LAYOUTS, fixture_io, fixture_weights, reference_layouts
 
 ATOL, RTOL = 1e-5, 1e-4
 RUNS = {  # fixture call -> argen sampling options
@@ -252,9 +251,10 @@ def test_cli_convert_var_then_generate(var_official_files, tmp_path):
 
 
 def test_multiscale_training_steps_reduce_the_losses():
+    from test_train import _batch
+
     from argen.train.generator import generator_config, next_token_loss
     from argen.train.tokenizer import patch_nums_for, tokenizer_config, vq_loss
-    from test_train import _batch
 
     torch.manual_seed(0)
     cfg = tokenizer_config("tiny", "multiscale", resolution=16)
@@ -290,7 +290,8 @@ def test_cli_trains_a_var_on_shapes(tmp_path):
               "--sample-every", "3", "--checkpoint-every", "3", "-q"]
     r = run_cli("train", "tokenizer", "--kind", "multiscale", "--preset", "tiny", "--out", tmp_path / "msvq", *common)
     assert r.returncode == 0, r.stderr
-    r = run_cli("train", "generator", "--kind", "llamagen", "--tokenizer", tmp_path / "msvq", "--out", tmp_path / "x", *common)
+    r = run_cli("train", "generator", "--kind", "llamagen", "--tokenizer", tmp_path / "msvq", "--out", tmp_path / "x",
+                *common)
     assert r.returncode == 2 and "--kind llamagen needs a VQ tokenizer" in r.stderr
     r = run_cli("train", "generator", "--kind", "var", "--tokenizer", tmp_path / "msvq", "--preset", "tiny",
                 "--out", tmp_path / "var", *common)

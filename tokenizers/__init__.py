@@ -1,13 +1,14 @@
 """argen.tokenizers: images <-> codes.
 
-The protocol every tokenizer follows: ``kind`` ('discrete', 'multiscale' or 'continuous' today),
-``encode(images) -> codes``, ``decode(codes) -> images`` with images as float tensors in [-1, 1], NCHW,
-``codebook_size`` (discrete kinds) and ``latent_grid(image_size) -> (h, w)``.
-Continuous tokenizers code images as scaled latents (B, ``latent_channels``, h, w) and take
-``encode(images, sample=False, generator=None)`` to draw from their posterior.
+The protocol every tokenizer follows (per kind: :mod:`argen.tokenizers.protocol`): ``kind``
+('discrete', 'multiscale' or 'continuous' today), ``encode(images) -> codes``,
+``decode(codes) -> images`` with images as float tensors in [-1, 1], NCHW, ``codebook_size``
+(discrete kinds) and ``latent_grid(image_size) -> (h, w)``. Continuous tokenizers code images as
+scaled latents (B, ``latent_channels``, h, w) and take ``encode(images, sample=False,
+generator=None)`` to draw from their posterior.
 """
 from argen.tokenizers.diffusers_vae import DiffusersVAE
-from argen.tokenizers.kl import KLConfig, KLVAE
+from argen.tokenizers.kl import KLVAE, KLConfig
 from argen.tokenizers.loading import is_diffusers_vae_folder, load_tokenizer
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer

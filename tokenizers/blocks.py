@@ -14,7 +14,8 @@ def latent_grid(image_size: int | tuple[int, int], downsample: int) -> tuple[int
     """(h, w) of the latents of ``image_size`` images at ``downsample``; a size it does not divide is an error."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if h % downsample or w % downsample or h < downsample or w < downsample:
-        raise ConfigError(f"image size {h}x{w} must be a positive multiple of this VAE's downsample factor {downsample}")
+        raise ConfigError(f"image size {h}x{w} must be a positive multiple of this VAE's downsample factor "
+                          f"{downsample}")
     return h // downsample, w // downsample
 
 
@@ -144,7 +145,8 @@ class PatchEncoder(nn.Module):
         self.embed = nn.Conv2d(3, width, ds, ds)
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
         self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.SiLU(), nn.Conv2d(2 * width, width, 1)) for _ in range(depth)
+            nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.SiLU(), nn.Conv2d(2 * width, width, 1))
+            for _ in range(depth)
         )
         self.norm_out = nn.LayerNorm(width)
         self.conv_out = nn.Conv2d(width, z_channels, 1)

@@ -67,7 +67,8 @@ class MultiScaleVQConfig:
             raise ConfigError(f"v_patch_nums must grow strictly, got {self.v_patch_nums}")
         widths = [self.ch * m for m in self.ch_mult] + [self.ch]
         if any(w % self.norm_groups for w in widths):
-            raise ConfigError(f"channel widths {sorted(set(widths))} must be multiples of norm_groups={self.norm_groups}")
+            raise ConfigError(f"channel widths {sorted(set(widths))} must be multiples of "
+                              f"norm_groups={self.norm_groups}")
         if self.using_znorm:
             raise ConfigError("using_znorm=True is not supported (every released VAR VQ-VAE uses False)")
         if self.share_quant_resi < 0:

@@ -20,7 +20,13 @@ from torch import nn
 from argen.errors import ConfigError
 from argen.modeling import Pretrained, build_config, register
 from argen.tokenizers.blocks import (
-    AttnBlock, Downsample, PatchEncoder, ResnetBlock, Upsample, check_encoder_type, group_norm,
+    AttnBlock,
+    Downsample,
+    PatchEncoder,
+    ResnetBlock,
+    Upsample,
+    check_encoder_type,
+    group_norm,
 )
 from argen.tokenizers.codebook import CodeRestarts
 
@@ -117,7 +123,8 @@ class Encoder(nn.Module):
         n = len(ch_mult)
         ins = [ch] + [ch * m for m in ch_mult[:-1]]
         self.conv_blocks = nn.ModuleList(
-            _Level(ins[i], ch * ch_mult[i], num_res_blocks, i == n - 1, dropout, Downsample if i < n - 1 else None, groups)
+            _Level(ins[i], ch * ch_mult[i], num_res_blocks, i == n - 1, dropout, Downsample if i < n - 1 else None,
+                   groups)
             for i in range(n)
         )
         c = ch * ch_mult[-1]

@@ -11,5 +11,5 @@ from argen.convert.checkpoint import (
     unwrap,
 )
 
-__all__ = ["WEIGHTS", "Checkpoint", "build_loaded", "check_state_dict", "load_into", "read_state_dict", "select_weights",
-           "source_name", "unwrap"]
+__all__ = ["WEIGHTS", "Checkpoint", "build_loaded", "check_state_dict", "load_into", "read_state_dict",
+           "select_weights", "source_name", "unwrap"]

@@ -86,7 +86,8 @@ def select_weights(obj: Any, weights: str, *, auto: str, ema_key: str | None, ra
         wrapped = any(isinstance(obj.get(k), Mapping) for k in raw_keys)
         if wrapped or weights == "ema":
             what = f"no {ema_key!r} entry" if ema_key else "this format keeps none"
-            held = f"its keys: {_listing(list(map(str, obj)))}" if wrapped else "it is a flat state dict, one set of weights"
+            held = (f"its keys: {_listing(list(map(str, obj)))}" if wrapped
+                    else "it is a flat state dict, one set of weights")
             raise CheckpointError(f"{source or 'checkpoint'} has no EMA weights ({what}; {held}); "
                                   "pass weights='raw' to load the live weights")
     return unwrap(obj, raw_keys, source=source)

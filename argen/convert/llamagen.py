@@ -62,7 +62,8 @@ def load_gpt(
     Returns the model in eval mode; keys and shapes are checked strictly.
     """
     if preset is None and "dim" not in model_args:
-        raise ConfigError(f"load_gpt needs a preset ({', '.join(GPT_PRESETS)}) or the model arguments (dim, n_layer, n_head, ...)")
+        raise ConfigError(f"load_gpt needs a preset ({', '.join(GPT_PRESETS)}) "
+                          "or the model arguments (dim, n_layer, n_head, ...)")
     return _build(LlamaGen, gpt_config(preset, **model_args), checkpoint, weights, device, dtype)
 
 

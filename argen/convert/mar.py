@@ -55,7 +55,8 @@ def load_mar(
     the official ``MAR`` arguments). ``weights`` "auto" / "ema" take ``["model_ema"]``, the weights behind
     the reported FIDs; "raw" the live ``["model"]``. Strict, eval mode."""
     if preset is None and "encoder_embed_dim" not in mar_args:
-        raise ConfigError(f"load_mar needs a preset ({', '.join(MAR_PRESETS)}) or the MAR arguments (encoder_embed_dim, ...)")
+        raise ConfigError(f"load_mar needs a preset ({', '.join(MAR_PRESETS)}) "
+                          "or the MAR arguments (encoder_embed_dim, ...)")
     cfg = MARConfig.preset(preset, **mar_args)
     source = source_name(checkpoint)
     state = select_weights(read_state_dict(checkpoint), weights, auto="ema", ema_key="model_ema", source=source)

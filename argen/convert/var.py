@@ -69,7 +69,8 @@ def load_var(
     if preset is None and "depth" not in var_args:
         raise ConfigError(f"load_var needs a preset ({', '.join(VAR_PRESETS)}) or the model arguments (depth, ...)")
     if vae is not None:
-        var_args = {**_from_vae(vae, var_args, set_patch_nums="patch_nums" not in VAR_PRESETS.get(preset or "", {})), **var_args}
+        var_args = {**_from_vae(vae, var_args, set_patch_nums="patch_nums" not in VAR_PRESETS.get(preset or "", {})),
+                    **var_args}
     cfg = VARConfig.preset(preset, **var_args)
     state, source = _state(checkpoint, "var_wo_ddp", weights)
     model = build_loaded(VAR, cfg, state, source=source, device=device, dtype=dtype)

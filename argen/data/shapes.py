@@ -52,7 +52,8 @@ def _outline(name: str, r: float, rot: float) -> list[tuple[float, float]]:
         ]
     elif name == "cross":
         a = 0.32 * r
-        pts = [(-a, -r), (a, -r), (a, -a), (r, -a), (r, a), (a, a), (a, r), (-a, r), (-a, a), (-r, a), (-r, -a), (-a, -a)]
+        pts = [(-a, -r), (a, -r), (a, -a), (r, -a), (r, a), (a, a), (a, r), (-a, r), (-a, a), (-r, a), (-r, -a),
+               (-a, -a)]
     elif name == "heart":
         pts = []
         for k in range(64):
@@ -87,8 +88,8 @@ def _palette_colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[in
 
 def _continuous_colours(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """A background and a foreground colour that differ clearly in lightness."""
-    def rgb(h, l, s):
-        return tuple(int(round(255 * v)) for v in colorsys.hls_to_rgb(h, l, s))
+    def rgb(h, light, s):
+        return tuple(int(round(255 * v)) for v in colorsys.hls_to_rgb(h, light, s))
 
     bg_light = rng.uniform(0.05, 0.95)
     fg_light = (bg_light + rng.uniform(0.35, 0.65)) % 1.0

@@ -5,7 +5,16 @@ the bundled models.
     from argen.eval import evaluate, format_report
     print(format_report(evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz")))
 """
-from argen.eval.batches import NpzImages, PngFolder, check_images, folder_to_npz, open_images, read_all, save_npz, save_pngs
+from argen.eval.batches import (
+    NpzImages,
+    PngFolder,
+    check_images,
+    folder_to_npz,
+    open_images,
+    read_all,
+    save_npz,
+    save_pngs,
+)
 from argen.eval.evaluator import compute_activations, evaluate, format_report, load_reference
 from argen.eval.frechet import frechet_distance, gaussian_stats
 from argen.eval.inception import load_inception, resolve_weights, spatial_features, write_random_weights

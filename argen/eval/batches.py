@@ -76,11 +76,13 @@ class NpzImages:
                 with zf.open(f"{key}.npy") as f:
                     self.shape, fortran, self.dtype = self._header(f)
                     self._offset = f.tell()
-                    first = None if self.dtype == object else np.frombuffer(f.read(64 * self.dtype.itemsize), self.dtype)
+                    first = (None if self.dtype == object
+                             else np.frombuffer(f.read(64 * self.dtype.itemsize), self.dtype))
         except (zipfile.BadZipFile, OSError) as exc:
             raise ConfigError(f"cannot read {self.path} as an .npz file: {exc}") from None
         if fortran:
-            raise ConfigError(f"{self.path}: {key} is stored in Fortran order; save it with np.savez from a C-ordered array")
+            raise ConfigError(f"{self.path}: {key} is stored in Fortran order; "
+                              "save it with np.savez from a C-ordered array")
         _check_layout(self.shape, self.dtype, f"{self.path.name}:{key}", first)
 
     @staticmethod

@@ -23,7 +23,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                                  ".npz, or a folder of PNGs")
     p.add_argument("--domain", choices=DOMAINS, default="inception",
                    help="inception: IS/FID/sFID/precision/recall (ADM); shapes: the bundled models' offline score")
-    p.add_argument("--model", "-m", help="shapes: generate with this bundled model or folder instead of reading SAMPLES")
+    p.add_argument("--model", "-m",
+                   help="shapes: generate with this bundled model or folder instead of reading SAMPLES")
     p.add_argument("--per-class", type=int, default=50, help="shapes --model: images per class")
     p.add_argument("--seed", type=int, default=0, help="shapes --model: sampling seed")
     p.add_argument("--sampler", default="ar", help="shapes --model: sampler")
@@ -57,10 +58,10 @@ def _default_out(args: argparse.Namespace) -> Path:
 
 
 def _shapes(args: argparse.Namespace) -> dict:
-    from argen.options import parse_key_values
     from argen.errors import ConfigError
     from argen.eval.batches import open_images, read_all
     from argen.eval.shapes import evaluate_model, load_judge
+    from argen.options import parse_key_values
 
     if args.ref:
         raise ConfigError("--ref is for --domain inception; the shapes score compares with its own held-out shapes")

@@ -26,7 +26,8 @@ from argen.eval.inception import InceptionExtractor, file_sha256, load_inception
 from argen.eval.metrics import inception_score, precision_recall, softmax
 
 METRICS = ("inception_score", "fid", "sfid", "precision", "recall")
-LABELS = {"inception_score": "Inception Score", "fid": "FID", "sfid": "sFID", "precision": "Precision", "recall": "Recall"}
+LABELS = {"inception_score": "Inception Score", "fid": "FID", "sfid": "sFID", "precision": "Precision",
+          "recall": "Recall"}
 
 
 @dataclass
@@ -159,7 +160,8 @@ def evaluate(
         else:
             missing["sfid"] = "the reference has no spatial statistics (mu_s, sigma_s) and no images"
         if ref_acts is not None:
-            result["precision"], result["recall"] = precision_recall(ref_acts.pool, acts.pool, k=k, device=extractor.device)
+            result["precision"], result["recall"] = precision_recall(ref_acts.pool, acts.pool, k=k,
+                                                                     device=extractor.device)
         else:
             missing["precision"] = missing["recall"] = "the reference has no images (arr_0)"
     result["missing"] = missing
@@ -180,5 +182,6 @@ def format_report(result: dict) -> str:
     lines = []
     for m in METRICS:
         value = result.get(m)
-        lines.append(f"{LABELS[m]}: {value}" if value is not None else f"{LABELS[m]}: n/a ({result['missing'].get(m, '')})")
+        lines.append(f"{LABELS[m]}: {value}" if value is not None
+                     else f"{LABELS[m]}: n/a ({result['missing'].get(m, '')})")
     return "\n".join(lines)

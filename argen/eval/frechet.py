@@ -49,7 +49,8 @@ def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(eig, 0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr(sqrt(sigma1 sigma2)); when the trace is not
     finite, retried with ``eps`` added to both diagonals (as ADM / TTUR do)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))

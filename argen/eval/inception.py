@@ -51,7 +51,8 @@ def resolve_weights(weights: str | os.PathLike | None = None, *, allow_download:
     for path, origin in ((weights, "the given path"), (os.environ.get(ENV_WEIGHTS), f"${ENV_WEIGHTS}")):
         if path:
             if not Path(path).is_file():
-                raise DownloadError(f"Inception weights file {path} (from {origin}) does not exist; {_how_to_provide()}")
+                raise DownloadError(f"Inception weights file {path} (from {origin}) does not exist; "
+                                    f"{_how_to_provide()}")
             return Path(path)
     cache = cached_weights_path()
     if cache.is_file():
@@ -122,7 +123,8 @@ def _no_tf32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    knobs = [(torch.backends.cuda.matmul, "fp32_precision", "ieee"), (torch.backends.cudnn.conv, "fp32_precision", "ieee")]
+    knobs = [(torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+             (torch.backends.cudnn.conv, "fp32_precision", "ieee")]
     if not hasattr(torch.backends.cudnn.conv, "fp32_precision"):  # torch < 2.9
         knobs = [(torch.backends.cuda.matmul, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)]
     saved = [getattr(obj, name) for obj, name, _ in knobs]

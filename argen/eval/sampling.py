@@ -69,8 +69,8 @@ def sample_to_npz(
     import torch
     from tqdm import tqdm
 
-    from argen.version import __version__
     from argen.images import to_uint8
+    from argen.version import __version__
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -85,7 +85,8 @@ def sample_to_npz(
                      "seed": seed, "batch_size": batch_size, "labels_sha": _labels_digest(labels),
                      "image_size": pipe.image_size},
         "images": int(len(labels)),
-        "seeding": "image i: argen.samplers.derive_seed(seed, i) where the sampler takes per-image streams, else the shard starting at i: derive_seed(seed, i)",
+        "seeding": "image i: argen.samplers.derive_seed(seed, i) where the sampler takes per-image streams, "
+                   "else the shard starting at i: derive_seed(seed, i)",
         "quantisation": QUANTISATION,
         "argen": __version__,
     }

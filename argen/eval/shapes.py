@@ -101,7 +101,8 @@ def train_classifier(resolution: int = 64, steps: int = 800, seed: int = 0,
 class ShapesJudge:
     """The trained classifier plus the Gaussian statistics of held-out real shapes in its features."""
 
-    def __init__(self, net: nn.Module, resolution: int, mu: np.ndarray, sigma: np.ndarray, info: dict | None = None) -> None:
+    def __init__(self, net: nn.Module, resolution: int, mu: np.ndarray, sigma: np.ndarray,
+                 info: dict | None = None) -> None:
         self.net, self.resolution, self.mu, self.sigma = net.eval(), resolution, mu, sigma
         self.info = dict(info or {})
 
@@ -135,7 +136,8 @@ class ShapesJudge:
         return x
 
     @torch.no_grad()
-    def features_and_logits(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def features_and_logits(self, images: torch.Tensor | np.ndarray,
+                            batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         feats, logits = [], []
         body, head = self.net[:-1], self.net[-1]
         for i in range(0, len(images), batch_size):

@@ -4,9 +4,11 @@ its scales (the model in :mod:`argen.generators.flowar`, its official checkpoint
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from argen.convert.flowar import load_flowar
 from argen.convert.mar import load_vae
@@ -53,7 +55,8 @@ def doubling_scales(latent: int) -> list[int]:
     return [2**i for i in range(latent.bit_length())]
 
 
-def derive_config(tok: Any, *, resolution: int, num_classes: int, class_dropout: float, dropout: float) -> dict[str, Any]:
+def derive_config(tok: Any, *, resolution: int, num_classes: int, class_dropout: float,
+                  dropout: float) -> dict[str, Any]:
     h, _ = tok.latent_grid(resolution)
     return {**mar.derive_config(tok, resolution=resolution, num_classes=num_classes, class_dropout=class_dropout,
                                 dropout=dropout), "scale": doubling_scales(h)}
@@ -62,6 +65,21 @@ def derive_config(tok: Any, *, resolution: int, num_classes: int, class_dropout:
 def latents(model: FlowAR, tok: Any, images: torch.Tensor, sample: bool) -> torch.Tensor:
     """The VAE's scaled latents (posterior samples or means); the model splits them per scale."""
     return tok.encode(images, sample=sample)
+
+
+def upsample_tokens(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, s*s, C) tokens of one scale -> (B, side*side, C), bicubic in latent space."""
+    b, n, c = tokens.shape
+    s = math.isqrt(n)
+    if s == side:
+        return tokens
+    grid = tokens.transpose(1, 2).reshape(b, c, s, s).float()
+    return F.interpolate(grid, size=(side, side), mode="bicubic").flatten(2).transpose(1, 2)
+
+
+def scale_preview(pipe: Any, codes: torch.Tensor) -> torch.Tensor:
+    """The current scale's tokens, upsampled to the final latent grid and decoded."""
+    return mar.tokens_preview(pipe, upsample_tokens(codes, pipe.generator.latent_grid[0]))
 
 
 def defaults(cfg_scale: float, top_k: int, latent_grid: tuple[int, int]) -> dict[str, Any]:
@@ -87,4 +105,5 @@ FAMILY = Family(
     sample_defaults=defaults,
     decode=mar.decode_tokens,
     bind=mar.check_vae,
+    preview=scale_preview,
 )

@@ -44,7 +44,8 @@ CONVERT_ARGS = (
 def convert(args: argparse.Namespace) -> tuple[LlamaGen, VQTokenizer, dict[str, Any]]:
     gpt_args, vq_args = official_values(args, "gpt"), official_values(args, "vq")
     if args.image_size and "block_size" not in gpt_args:
-        ds = 2 ** (len(vq_args.get("encoder_ch_mult", [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
+        ds = 2 ** (len(vq_args.get("encoder_ch_mult",
+                                   [1, 1, 2, 2, 4] if args.vq_model == "VQ-16" else [1, 2, 2, 4])) - 1)
         gpt_args["block_size"] = (args.image_size // ds) ** 2
     preset = args.gpt_model if not gpt_args.get("dim") else None
     gen = load_gpt(args.gpt_ckpt, preset, weights=args.weights, **gpt_args)
@@ -57,8 +58,9 @@ def derive_config(tok: VQTokenizer, *, resolution: int, num_classes: int, class_
     h, w = tok.latent_grid(resolution)
     if h != w:
         raise ConfigError("LlamaGen's 2D RoPE needs a square token grid")
-    return dict(vocab_size=tok.codebook_size, block_size=h * w, num_classes=num_classes, class_dropout_prob=class_dropout,
-                token_dropout_p=dropout, resid_dropout_p=dropout, ffn_dropout_p=dropout)
+    return dict(vocab_size=tok.codebook_size, block_size=h * w, num_classes=num_classes,
+                class_dropout_prob=class_dropout, token_dropout_p=dropout, resid_dropout_p=dropout,
+                ffn_dropout_p=dropout)
 
 
 FAMILY = Family(

@@ -19,12 +19,13 @@ _SMALL_MODEL = dict(noise_schedule="linear", pos_embed_init="sincos", mask_ratio
                     attn_bias="distance", rope="2d", x0_loss_weight=1.0)
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
-                 decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20", **_SMALL_MODEL),
+                 decoder_num_heads=4, buffer_size=4, diffloss_d=2, diffloss_w=64, num_sampling_steps="20",
+                 **_SMALL_MODEL),
     "small": dict(encoder_embed_dim=256, encoder_depth=4, encoder_num_heads=8, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50", **_SMALL_MODEL),
-}  # what a small MAR from scratch needs (MARConfig's comments say why; all but x0_head add no parameters).
-# Measured on shapes (8x8 tokens; the head's relative x0 error at alpha-bar 0.01 with 60 of 64 tokens known): 0.60
-# without the bias (1500 steps; 4 known: 0.61), 0.37 with the distance bias, 0.053 adding 2D RoPE + read-out (3000 steps).
+                  decoder_num_heads=8, buffer_size=16, diffloss_d=3, diffloss_w=256, num_sampling_steps="50",
+                  **_SMALL_MODEL),
+}  # what a small MAR from scratch needs: argen's extensions (MARConfig's fenced block; all but x0_head add no
+# parameters); what they measured is in assets/shapes-mar/README.md ("Why the extensions").
 # the CLI's --dim/--depth/--heads set the encoder and the decoder alike (FlowAR's names are the same)
 SIZE_ARGS = (("encoder_embed_dim", "decoder_embed_dim"), ("encoder_depth", "decoder_depth"),
              ("encoder_num_heads", "decoder_num_heads"))
@@ -33,7 +34,8 @@ DERIVED = frozenset({"img_size", "vae_stride", "vae_embed_dim", "class_num", "la
                      "proj_dropout"})
 
 
-def random_on_vae(generator_class: type, head_output: Callable[[Any], torch.nn.Linear]) -> Callable[..., tuple[Any, KLVAE]]:
+def random_on_vae(generator_class: type,
+                  head_output: Callable[[Any], torch.nn.Linear]) -> Callable[..., tuple[Any, KLVAE]]:
     """A ``random_weights`` for a model of a KL VAE's latents: the preset's architectures, the training
     init, and the head's zero-initialised output layer (``head_output``) drawn, so it predicts something."""
 
@@ -66,9 +68,10 @@ def convert(args: argparse.Namespace) -> tuple[MAR, KLVAE, dict[str, Any]]:
     return mar, vae, {**MAR_EVAL, "cfg_scale": args.cfg, "cfg_schedule": args.cfg_schedule}
 
 
-def derive_config(tok: Any, *, resolution: int, num_classes: int, class_dropout: float, dropout: float) -> dict[str, Any]:
-    return dict(img_size=resolution, vae_stride=tok.downsample, vae_embed_dim=tok.latent_channels, class_num=num_classes,
-                label_drop_prob=class_dropout, attn_dropout=dropout, proj_dropout=dropout)
+def derive_config(tok: Any, *, resolution: int, num_classes: int, class_dropout: float,
+                  dropout: float) -> dict[str, Any]:
+    return dict(img_size=resolution, vae_stride=tok.downsample, vae_embed_dim=tok.latent_channels,
+                class_num=num_classes, label_drop_prob=class_dropout, attn_dropout=dropout, proj_dropout=dropout)
 
 
 def patch_tokens(model: MAR, tok: Any, images: torch.Tensor, sample: bool) -> torch.Tensor:
@@ -83,6 +86,11 @@ def check_vae(generator: Any, tok: Any) -> None:
 def decode_tokens(generator: Any, tok: Any, codes: torch.Tensor) -> torch.Tensor:
     """Tokens (B, N, C) -> the VAE's latents -> images."""
     return tok.decode(generator.unpatchify(codes))
+
+
+def tokens_preview(pipe: Any, codes: torch.Tensor) -> torch.Tensor:
+    """The tokens done so far (unknown ones are 0), decoded."""
+    return pipe.decode(codes.to(next(pipe.tokenizer.parameters()).dtype))
 
 
 def defaults(cfg_scale: float, top_k: int, latent_grid: tuple[int, int]) -> dict[str, Any]:
@@ -107,4 +115,5 @@ FAMILY = Family(
     sample_defaults=defaults,
     decode=decode_tokens,
     bind=check_vae,
+    preview=tokens_preview,
 )

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from argen.errors import ConfigError
+from argen.generators.protocol import check_generator_class
 from argen.options import json_arguments
+from argen.tokenizers.protocol import tokenizer_protocol
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ def official_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     return json_arguments(getattr(args, f"{prefix}_config"), getattr(args, f"{prefix}_arg"))
 
 
-def official_loader(load_generator: Callable[..., Any], load_tokenizer: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
+def official_loader(load_generator: Callable[..., Any],
+                    load_tokenizer: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
     """A ``load_official`` for a family whose two files load each on its own (``load_x(path, **args,
     device=...)``; the generator's loader also takes ``dtype``)."""
 
@@ -74,6 +77,20 @@ def flat_codes(model: Any, tokenizer: Any, images: torch.Tensor, sample: bool) -
 def decode_token_grid(generator: Any, tokenizer: Any, codes: torch.Tensor) -> torch.Tensor:
     """Codes (B, N) in raster order -> images, through the generator's token grid."""
     return tokenizer.decode(codes.view(-1, *generator.token_grid))
+
+
+def token_preview(pipe: Any, codes: torch.Tensor) -> torch.Tensor:
+    """The first tokens (B, n) of a raster as images: the missing ones repeat the last token (fewer
+    artefacts than code 0) and are greyed out."""
+    h, w = pipe.generator.token_grid
+    b, done = codes.shape
+    full = codes.new_zeros(b, h * w)
+    full[:, :done] = codes
+    if 0 < done < h * w:
+        full[:, done:] = codes[:, done - 1 : done]
+    images = pipe.decode(full)
+    known = (torch.arange(h * w, device=images.device) < done).view(1, 1, h, w).to(images.dtype)
+    return images * F.interpolate(known, size=images.shape[-2:], mode="nearest")  # 0 is mid-grey
 
 
 def no_binding(generator: Any, tokenizer: Any) -> None:
@@ -118,6 +135,8 @@ class Family:
     # ConfigError when they do not fit), and turn the sampler's codes (on the tokenizer's device) into images
     bind: Callable[[Any, Any], None] = no_binding
     decode: Callable[[Any, Any, torch.Tensor], torch.Tensor] = decode_token_grid
+    # live previews: (pipeline, the codes a sampler's callback reports so far) -> images, None = no cheap preview
+    preview: Callable[[Any, torch.Tensor], torch.Tensor | None] | None = token_preview
 
     @property
     def config_class(self) -> type:
@@ -125,7 +144,7 @@ class Family:
 
     @property
     def kind(self) -> str:
-        """The generator kind (the samplers' protocol: 'token', 'scale', 'continuous', 'flow-scale')."""
+        """The generator kind, which names its protocol (:data:`argen.generators.protocol.PROTOCOLS`)."""
         return self.generator_class.kind
 
     @property
@@ -151,7 +170,10 @@ _FAMILIES: dict[str, Family] = {}
 
 
 def register_family(family: Family) -> Family:
-    """Add ``family`` to the registry (its name must be new)."""
+    """Add ``family`` to the registry (its name must be new; its generator class must implement its
+    kind's protocol, :mod:`argen.generators.protocol`, and its tokenizer kind be a known one)."""
+    check_generator_class(family.generator_class)
+    tokenizer_protocol(family.tokenizer_kind)
     if family.name in _FAMILIES:
         raise ConfigError(f"a generator family named {family.name!r} is already registered")
     _FAMILIES[family.name] = family

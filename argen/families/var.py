@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import torch
+
 from argen.convert.var import load_var, load_var_vae
 from argen.families.registry import Family, arg, official_args, official_values
 from argen.generators.var import VAR, VARConfig
@@ -66,6 +68,21 @@ def decode(generator: VAR, tok: MultiScaleVQVAE, codes):
     return tok.decode(codes)
 
 
+def scale_preview(pipe: Any, codes: torch.Tensor) -> torch.Tensor | None:
+    """The image of the scales done so far (the codes of the complete scales, summed up)."""
+    tok = pipe.tokenizer
+    quant, dev = tok.quantize, pipe.tokenizer_device
+    f_hat, offset = None, 0
+    for si, pn in enumerate(tok.patch_nums):
+        if offset + pn * pn > codes.shape[1]:
+            break
+        ids = codes[:, offset : offset + pn * pn].reshape(-1, pn, pn).to(dev)
+        contrib = quant.upsample_scale(quant.lookup(ids, pn), si)
+        f_hat = contrib if f_hat is None else f_hat + contrib
+        offset += pn * pn
+    return None if f_hat is None else tok.decode_latents(f_hat).clamp(-1, 1)
+
+
 def bind(generator: VAR, tok: MultiScaleVQVAE) -> None:
     generator.bind_tokenizer(tok)
 
@@ -86,4 +103,5 @@ FAMILY = Family(
     train_targets=scale_codes,
     decode=decode,
     bind=bind,
+    preview=scale_preview,
 )

@@ -30,7 +30,7 @@ from argen.generators.condition import check_class_ids
 from argen.generators.flowar_head import GEGLU, Attention, FlowHead, geglu_hidden, rms_norm
 from argen.generators.mar_head import _modulate
 from argen.modeling import Pretrained, build_config, register
-from argen.nn.kv_cache import KVCache
+from argen.nn.kv_cache import CacheWindow, KVCache
 from argen.nn.linear import Linear
 from argen.nn.norms import RMSNorm
 
@@ -83,7 +83,8 @@ class FlowARConfig:
         if self.patch_size != 1:
             raise ConfigError(f"FlowAR works on single latents per token: patch_size must be 1, got {self.patch_size}")
         if self.buffer_size != 0:
-            raise ConfigError(f"buffer_size must be 0 (the official scale segmentation assumes it), got {self.buffer_size}")
+            raise ConfigError("buffer_size must be 0 (the official scale segmentation assumes it), "
+                              f"got {self.buffer_size}")
         check_scales(self.scale, self.latent_size, f"img_size {self.img_size} / vae_stride {self.vae_stride}")
         for what, dim, heads in (("encoder", self.encoder_embed_dim, self.encoder_num_heads),
                                  ("decoder", self.decoder_embed_dim, self.decoder_num_heads)):
@@ -160,7 +161,8 @@ class ARBlock(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, ada: torch.Tensor, sides: list[int], mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0, window=None) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0,
+                window: CacheWindow | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(ada).view(-1, 1, 6, self.dim).unbind(2)
         x = x + gamma1 * self.attn(_modulate(rms_norm(x), shift1, scale1), sides, mask, cache, layer, window)
         return x + gamma2 * self.mlp(_modulate(rms_norm(x), shift2, scale2))
@@ -276,7 +278,8 @@ class FlowAR(Pretrained):
         c = self.config
         channels = getattr(tokenizer, "latent_channels", None)
         if channels != c.vae_embed_dim:
-            raise ConfigError(f"the VAE's latents have {channels} channels, this FlowAR models {c.vae_embed_dim} (vae_embed_dim)")
+            raise ConfigError(f"the VAE's latents have {channels} channels, "
+                              f"this FlowAR models {c.vae_embed_dim} (vae_embed_dim)")
         grid = tuple(tokenizer.latent_grid(c.img_size))
         if grid != self.latent_grid:
             raise ConfigError(f"the VAE's latent grid at {c.img_size}px is {grid}, but this FlowAR's scales end at "
@@ -286,7 +289,8 @@ class FlowAR(Pretrained):
         h = self.config.latent_size
         if latents.dim() != 4 or tuple(latents.shape[1:]) != (self.token_dim, h, h):
             raise ConfigError(f"latents must be (B, {self.token_dim}, {h}, {h}) for this FlowAR (img_size "
-                              f"{self.config.img_size} / vae_stride {self.config.vae_stride}), got {tuple(latents.shape)}")
+                              f"{self.config.img_size} / vae_stride {self.config.vae_stride}), "
+                              f"got {tuple(latents.shape)}")
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final-scale tokens (B, H*H, C) -> latents (B, C, H, H) for the VAE decoder."""
@@ -336,13 +340,13 @@ class FlowAR(Pretrained):
             cache.advance(window)
         return x
 
-    def encode(self, x: torch.Tensor, ada: torch.Tensor, start: int, sides: list[int],
+    def run_encoder(self, x: torch.Tensor, ada: torch.Tensor, start: int, sides: list[int],
                mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """Encoder stack on embedded tokens x (B, n, D) at sequence offset ``start``."""
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned[:, start : start + x.shape[1]])
         return self.encoder_norm(self._run(self.encoder_blocks, x, ada, sides, mask, cache))
 
-    def decode(self, x: torch.Tensor, ada: torch.Tensor, start: int, sides: list[int],
+    def run_decoder(self, x: torch.Tensor, ada: torch.Tensor, start: int, sides: list[int],
                mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """Decoder stack on encoder outputs -> the flow head's conditions z (B, n, D)."""
         n = x.shape[1]
@@ -358,10 +362,11 @@ class FlowAR(Pretrained):
         """Teacher forcing over the whole sequence with the block-causal mask: next-scale tokens
         (B, L - 1, C) and class embeddings (B, D) -> (encoder output, conditions z), both (B, L, D)."""
         if tokens.shape[1:] != (self.seq_len - 1, self.token_dim):
-            raise ConfigError(f"teacher tokens must be (B, {self.seq_len - 1}, {self.token_dim}), got {tuple(tokens.shape)}")
+            raise ConfigError(f"teacher tokens must be (B, {self.seq_len - 1}, {self.token_dim}), "
+                              f"got {tuple(tokens.shape)}")
         mask = self.mask == 0
-        enc = self.encode(self.encoder_input(tokens, ada), ada, 0, self.scales, mask)
-        return enc, self.decode(enc, ada, 0, self.scales, mask)
+        enc = self.run_encoder(self.encoder_input(tokens, ada), ada, 0, self.scales, mask)
+        return enc, self.run_decoder(enc, ada, 0, self.scales, mask)
 
     def new_cache(self, batch_size: int, *, dtype: torch.dtype | None = None) -> ScaleCache:
         c, w = self.config, self.class_emb.weight
@@ -388,7 +393,8 @@ class FlowAR(Pretrained):
             if tokens.shape[1:] != (s * s, self.token_dim):
                 raise ConfigError(f"scale {k} tokens must be (B, {s * s}, {self.token_dim}), got {tuple(tokens.shape)}")
             x = self.z_proj(tokens)
-        z = self.decode(self.encode(x, ada, start, [s], cache=cache.encoder), ada, start, [s], cache=cache.decoder)
+        z = self.run_decoder(self.run_encoder(x, ada, start, [s], cache=cache.encoder), ada, start, [s],
+                             cache=cache.decoder)
         cache.scale += 1
         return z
 
@@ -399,7 +405,8 @@ class FlowAR(Pretrained):
         return self.flownet(x_t, t.to(x_t.dtype), z)
 
     # -- training ----------------------------------------------------------------------------------
-    def forward(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """Flow-matching loss of scaled VAE latents (B, C, H, H) with classes ``labels``:
         sum_k mean_b(mse_k) s_k^2 / H^2. Random draws, in the official order: the label drop (training
         mode), then per scale t ~ U(0, 1) per sample and the noise."""
@@ -412,7 +419,8 @@ class FlowAR(Pretrained):
         _, z = self.transformer(self.teacher_tokens(targets), ada)
         return self.flow_loss(targets, z, generator)
 
-    def flow_loss(self, targets: list[torch.Tensor], z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def flow_loss(self, targets: list[torch.Tensor], z: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Per scale: x_t = (1 - t) x_0 + t eps, target eps - x_0, MSE weighted by s_k^2 / s_K^2."""
         seg, last = self.config.segments, self.config.scale[-1] ** 2
         loss = z.new_zeros(())

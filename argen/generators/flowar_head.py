@@ -228,7 +228,8 @@ class FlowHead(nn.Module):
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         for blk in self.res_blocks:
-            for lin in (getattr(blk, "ada_lin", None), getattr(blk, "ada_lin_attn", None), getattr(blk, "ada_lin_mlp", None)):
+            for lin in (getattr(blk, "ada_lin", None), getattr(blk, "ada_lin_attn", None),
+                        getattr(blk, "ada_lin_mlp", None)):
                 if lin is not None:
                     nn.init.zeros_(lin.weight)
                     nn.init.zeros_(lin.bias)

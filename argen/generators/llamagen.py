@@ -27,6 +27,7 @@ from argen.errors import ConfigError
 from argen.generators.condition import check_class_ids
 from argen.modeling import Pretrained, build_config, register
 from argen.nn import (
+    CacheWindow,
     KVCache,
     Linear,
     RMSNorm,
@@ -154,7 +155,8 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int, window) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int,
+                window: CacheWindow | None) -> torch.Tensor:
         b, t, _ = x.shape
         nq, nkv = self.n_head, self.n_kv_head
         qkv = self.wqkv(x).view(b, t, nq + 2 * nkv, self.head_dim)  # [q heads | k heads | v heads]
@@ -182,7 +184,8 @@ class TransformerBlock(nn.Module):
     def _dp(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_path, self.training)
 
-    def forward(self, x, rope, cache=None, layer=0, window=None):
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                window: CacheWindow | None = None) -> torch.Tensor:
         h = x + self._dp(self.attention(self.attention_norm(x), rope, cache, layer, window))
         return h + self._dp(self.feed_forward(self.ffn_norm(h)))
 
@@ -193,6 +196,7 @@ class LlamaGen(Pretrained):
 
     config_class = LlamaGenConfig
     kind = "token"
+    sampling_conventions: dict[str, str] = {}  # constant guidance, the HF top-p rule (the defaults)
 
     def __init__(self, config: LlamaGenConfig) -> None:
         super().__init__()
@@ -277,7 +281,8 @@ class LlamaGen(Pretrained):
         emb = self.cls_embedding(cond)
         return emb.to(self.tok_embeddings.weight.dtype)
 
-    def _run(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, window=None) -> torch.Tensor:
+    def _run(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
+             window: CacheWindow | None = None) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, cache, i, window)
         return self.norm(h)
@@ -310,7 +315,7 @@ class LlamaGen(Pretrained):
             device=w.device,
         )
 
-    def _rope_for(self, window) -> torch.Tensor:
+    def _rope_for(self, window: CacheWindow) -> torch.Tensor:
         last = self.rope.shape[0] - 1
         if window.start is not None and window.start + window.width <= last + 1:
             return self.rope[window.start : window.start + window.width].unsqueeze(0)
@@ -341,7 +346,7 @@ class LlamaGen(Pretrained):
         lengths are not moved (the caller's bookkeeping, outside the compiled region)."""
         return self._decode_window(tokens, cache, cache.window_at(positions))
 
-    def _decode_window(self, tokens: torch.Tensor, cache: KVCache, window) -> torch.Tensor:
+    def _decode_window(self, tokens: torch.Tensor, cache: KVCache, window: CacheWindow) -> torch.Tensor:
         h = self.tok_embeddings(tokens)
         h = self._run(h, self._rope_for(window), cache, window)
         return self.output(h).float()

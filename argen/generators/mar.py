@@ -9,12 +9,12 @@ load strictly and give the official outputs.
     tokens = mar.patchify(latents)                    # (B, 16, 16, 16) latents*0.2325 -> (B, 256, 16)
     loss = mar(tokens, labels)                        # training: random order, masked diffusion loss
     z = mar.conditions(tokens, mask, class_embedding) # inference: (B, 256, D) per-token conditions
-    x = mar.diffloss.sample(z[mask_to_pred], temperature, cfg)   # what argen.samplers' mar sampler does
+    x = mar.sample_tokens(z[to_pred], temperature, cfg, rng, 100)   # what argen.samplers' mar sampler does
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -41,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# the values argen's extensions accept (MARConfig's fenced block); the first of each is the official behaviour
 POS_EMBED_INITS = ("normal", "sincos")
 MASK_RATIO_DISTS = ("truncnorm", "cosine")
 ATTN_BIASES = ("none", "distance")
@@ -75,7 +76,11 @@ def rope_2d_rows(positions: torch.Tensor, grid: int, head_dim: int) -> torch.Ten
 
 @dataclass
 class MARConfig:
-    """The official ``MAR`` constructor arguments (``norm_layer`` is LayerNorm eps 1e-6 in all of them)."""
+    """The official ``MAR`` constructor arguments, in the official order with the official defaults
+    (``norm_layer`` is LayerNorm eps 1e-6 in all of them), then argen's extensions in a fenced block:
+    options the official model does not have, each off (the official behaviour) by default. The fields
+    are flat, so a saved ``config.json`` is ``MARConfig(**its_dict)``. Why the extensions exist, and
+    what they measured, is in the bundled model's card (assets/shapes-mar/README.md)."""
 
     img_size: int = 256
     vae_stride: int = 16
@@ -99,68 +104,62 @@ class MARConfig:
     num_sampling_steps: str | int = "100"
     diffusion_batch_mul: int = 4
     grad_checkpointing: bool = False
-    # not an official argument (the official head is always cosine): 'linear' suits small models
-    noise_schedule: str = "cosine"
-    # not official either, initialisation only: 'sincos' starts the learned position embeddings of the
-    # tokens at MAE's 2D sine-cosine table instead of N(0, 0.02), so a small model sees positions at once
-    pos_embed_init: str = "normal"
-    # not official: the training mask ratio's law. 'truncnorm' (official) keeps 70-100% masked, so a model
-    # only ever sees few known tokens; 'cosine' draws r = cos(pi/2 u), u ~ U(0, 1) on [mask_ratio_min, 1],
-    # the law of the sampler's own cosine schedule, so the late iterations (most tokens known) are trained
-    mask_ratio_dist: str = "truncnorm"
-    # not official: 'distance' adds ALiBi's linear distance penalty (2D grid distance, per-head slopes) to
-    # every attention score between image tokens; no parameters. A transformer from scratch learns locality
-    # slowly: a small MAR on shapes predicted a token no better from 60 known neighbours than from 4
-    attn_bias: str = "none"
-    # not official: '2d' rotates q and k by the token's grid row and column (2D RoPE) in every block, so a
-    # head can attend to a given neighbour (the one above, the one to the left); the distance bias alone
-    # pools neighbours without their direction. No parameters; the buffer is not rotated
-    rope: str = "none"
-    # not official: weight of an auxiliary MSE loss on a linear read-out of each masked token's condition
-    # z (the token's conditional mean). The diffusion loss reaches the transformer weakly (eps barely
-    # depends on z at high noise), so a small model from scratch learns its context slowly; 0 is official
-    x0_loss_weight: float = 0.0
-    # not official: the fraction of training samples whose order is raster (the known tokens are a raster
-    # prefix, the masked ones the rest), the rest random as the official. Random subsets rarely hold a
-    # token's left and upper neighbours all at once, which is what every query of the sampler's
-    # order='raster' has; 0 is official
-    raster_order_prob: float = 0.0
 
+    # ---- argen's extensions — not in the official MAR; every default is the official behaviour ----
+    noise_schedule: str = "cosine"       # the head's beta schedule: 'cosine' (official) or 'linear'
+    pos_embed_init: str = "normal"       # token position embeddings start at N(0, 0.02) or at MAE's 2D sin-cos table
+    mask_ratio_dist: str = "truncnorm"   # training mask-ratio law: 'truncnorm' (official) or 'cosine' (the sampler's)
+    attn_bias: str = "none"              # 'distance': ALiBi's per-head penalty on 2D grid distance (no parameters)
+    rope: str = "none"                   # '2d': rotate q and k by the token's grid row and column (no parameters)
+    x0_loss_weight: float = 0.0          # weight of an MSE loss on a linear read-out of z (> 0 adds x0_head)
+    raster_order_prob: float = 0.0       # fraction of training samples with a raster order instead of a random one
+    # ---- end of argen's extensions ----
+
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("noise_schedule", "pos_embed_init", "mask_ratio_dist", "attn_bias",
+                                             "rope", "x0_loss_weight", "raster_order_prob")
     # fields that shape training only, not the network: a run may continue another with other values
     # (dropout rates are free anyway; x0_loss_weight is not free: 0 means no read-out head)
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("mask_ratio_min", "mask_ratio_dist", "diffusion_batch_mul",
                                                 "raster_order_prob", "grad_checkpointing")
 
     def __post_init__(self) -> None:
+        self._check_official()
+        self._check_extensions()
+
+    def _check_official(self) -> None:
         if self.img_size % self.vae_stride:
             raise ConfigError(f"img_size {self.img_size} must be a multiple of vae_stride {self.vae_stride}")
         if (self.img_size // self.vae_stride) % self.patch_size:
-            raise ConfigError(f"the latent size {self.img_size // self.vae_stride} must be a multiple of patch_size {self.patch_size}")
+            raise ConfigError(f"the latent size {self.img_size // self.vae_stride} must be a multiple of "
+                              f"patch_size {self.patch_size}")
         for what, dim, heads in (("encoder", self.encoder_embed_dim, self.encoder_num_heads),
                                  ("decoder", self.decoder_embed_dim, self.decoder_num_heads)):
             if dim % heads:
                 raise ConfigError(f"{what}_embed_dim {dim} must be a multiple of {what}_num_heads {heads}")
+        if not 0.0 <= self.mask_ratio_min <= 1.0:
+            raise ConfigError(f"mask_ratio_min must be in [0, 1], got {self.mask_ratio_min}")
+        if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
+            raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
+
+    def _check_extensions(self) -> None:
         check_noise_schedule(self.noise_schedule)
-        if self.pos_embed_init not in POS_EMBED_INITS:
-            raise ConfigError(f"unknown pos_embed_init {self.pos_embed_init!r}; known: {', '.join(POS_EMBED_INITS)}")
-        if self.rope not in ROPES:
-            raise ConfigError(f"unknown rope {self.rope!r}; known: {', '.join(ROPES)}")
+        for name, known in (("pos_embed_init", POS_EMBED_INITS), ("rope", ROPES),
+                            ("mask_ratio_dist", MASK_RATIO_DISTS), ("attn_bias", ATTN_BIASES)):
+            if getattr(self, name) not in known:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
         heads = (self.encoder_embed_dim // self.encoder_num_heads, self.decoder_embed_dim // self.decoder_num_heads)
         if self.rope == "2d" and any(h % 4 for h in heads):
             raise ConfigError(f"rope='2d' needs head dimensions that are multiples of 4 (row and column pairs), "
                               f"got encoder {heads[0]}, decoder {heads[1]}")
-        if self.mask_ratio_dist not in MASK_RATIO_DISTS:
-            raise ConfigError(f"unknown mask_ratio_dist {self.mask_ratio_dist!r}; known: {', '.join(MASK_RATIO_DISTS)}")
-        if self.attn_bias not in ATTN_BIASES:
-            raise ConfigError(f"unknown attn_bias {self.attn_bias!r}; known: {', '.join(ATTN_BIASES)}")
         if self.x0_loss_weight < 0:
             raise ConfigError(f"x0_loss_weight must be >= 0, got {self.x0_loss_weight}")
-        if not 0.0 <= self.mask_ratio_min <= 1.0:
-            raise ConfigError(f"mask_ratio_min must be in [0, 1], got {self.mask_ratio_min}")
         if not 0.0 <= self.raster_order_prob <= 1.0:
             raise ConfigError(f"raster_order_prob must be in [0, 1], got {self.raster_order_prob}")
-        if not str(self.num_sampling_steps).isdigit() or int(self.num_sampling_steps) < 1:
-            raise ConfigError(f"num_sampling_steps must be a positive integer, got {self.num_sampling_steps!r}")
+
+    def extensions_in_use(self) -> dict[str, Any]:
+        """argen's extensions set away from the official behaviour, name -> value ({} for an official MAR)."""
+        official = {f.name: f.default for f in fields(self) if f.name in self.EXTENSIONS}
+        return {name: getattr(self, name) for name in self.EXTENSIONS if getattr(self, name) != official[name]}
 
     @classmethod
     def preset(cls, name: str | None, **overrides: Any) -> "MARConfig":
@@ -226,7 +225,8 @@ class MAR(Pretrained):
         if self.config.pos_embed_init == "sincos":
             g, n = self.config.grid, self.config.seq_len
             with torch.no_grad():
-                for p in (self.encoder_pos_embed_learned, self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+                for p in (self.encoder_pos_embed_learned, self.decoder_pos_embed_learned,
+                          self.diffusion_pos_embed_learned):
                     p[0, -n:] = sincos_2d(g, g, p.shape[-1]).to(p)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -269,6 +269,22 @@ class MAR(Pretrained):
         if channels != self.config.vae_embed_dim:
             raise ConfigError(f"the tokenizer's latents have {channels} channels, the generator models "
                               f"{self.config.vae_embed_dim} (vae_embed_dim)")
+
+    @property
+    def sampling_steps(self) -> int:
+        """The head's reverse steps per token when a sampler names none."""
+        return int(self.config.num_sampling_steps)
+
+    def sample_tokens(self, z: torch.Tensor, temperature: float, cfg: float | None,
+                      generator: torch.Generator | None, steps: int) -> torch.Tensor:
+        """One token per condition z (N, D) through the head's ``steps``-step reverse chain
+        (``cfg``: z is [cond ; uncond] (2N, D))."""
+        return self.diffloss.sample(z, temperature, cfg, generator, steps)
+
+    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | None,
+                      steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log variance of reverse step ``i`` of the head's ``steps``-step chain."""
+        return self.diffloss.step_gaussian(x_t, i, z, cfg, self.diffloss.chain(steps))
 
     def class_embedding(self, labels: torch.Tensor | None, batch_size: int | None = None) -> torch.Tensor:
         """Class embeddings (B, D); ``labels`` None gives the unconditional ``fake_latent`` rows."""
@@ -316,7 +332,8 @@ class MAR(Pretrained):
         rope = rope_2d_rows(pos, self.config.grid, dim // heads) if self.config.rope == "2d" else None
         return bias, rope
 
-    def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+    def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor,
+                            class_embedding: torch.Tensor) -> torch.Tensor:
         """Known tokens (mask 0) plus the buffer, all buffer positions set to the class embedding ->
         encoder outputs (B, buffer + #known, D)."""
         x = self.z_proj(tokens)
@@ -382,7 +399,8 @@ class MAR(Pretrained):
         mask = torch.zeros(orders.shape, device=orders.device)
         return mask.scatter(1, orders[:, :k], 1.0)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss for tokens (B, L, C) of classes ``labels``: mask a random subset, predict
         conditions, diffusion loss on the masked tokens (each repeated ``diffusion_batch_mul`` times), plus
         the ``x0_loss_weight`` read-out loss."""

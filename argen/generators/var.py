@@ -25,7 +25,7 @@ from torch import nn
 from argen.errors import ConfigError
 from argen.generators.condition import check_class_ids
 from argen.modeling import Pretrained, build_config, register
-from argen.nn import KVCache, Linear, attention, drop_path, linear
+from argen.nn import CacheWindow, KVCache, Linear, attention, drop_path, linear
 from argen.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -110,7 +110,8 @@ class SelfAttention(nn.Module):
         self.attn_drop = cfg.attn_drop_rate
         self.proj_drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int, window) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int,
+                window: CacheWindow | None) -> torch.Tensor:
         b, n, c = x.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
         qkv = linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
@@ -158,7 +159,7 @@ class AdaLNSelfAttn(nn.Module):
         return self.ada_lin(ada).view(-1, 1, 6, self.C)
 
     def forward(self, x: torch.Tensor, mods: torch.Tensor, mask, cache: KVCache | None = None, layer: int = 0,
-                window=None) -> torch.Tensor:
+                window: CacheWindow | None = None) -> torch.Tensor:
         """``mods``: this block's :meth:`modulation` of the condition."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mods.unbind(2)
         h = self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1), mask, cache, layer, window)
@@ -313,6 +314,16 @@ class VAR(Pretrained):
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    @property
+    def code_vectors(self) -> torch.Tensor:
+        """(V, Cvae): the bound VQ-VAE's codebook."""
+        return self.tokenizer.quantize.embedding.weight
+
+    def add_scale(self, si: int, f_hat: torch.Tensor | None, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale ``si``'s codes (ids, or code vectors (B, Cvae, pn, pn)) added to the running latent
+        f_hat -> (f_hat, the next scale's input features), through the bound VQ-VAE."""
+        return self.tokenizer.quantize.next_input(si, f_hat, codes)
+
     def null_condition(self, batch_size: int) -> torch.Tensor:
         return torch.full((batch_size,), self.config.num_classes, dtype=torch.long, device=self.head.weight.device)
 
@@ -365,7 +376,8 @@ class VAR(Pretrained):
             feats = self.tokenizer.teacher_forcing_input(codes)
         b, L = feats.shape[0], self.seq_len
         if feats.shape[1:] != (L - self.first_l, self.config.Cvae):
-            raise ConfigError(f"teacher-forcing features must be (B, {L - self.first_l}, {self.config.Cvae}), got {tuple(feats.shape)}")
+            raise ConfigError(f"teacher-forcing features must be (B, {L - self.first_l}, {self.config.Cvae}), "
+                              f"got {tuple(feats.shape)}")
         labels = self.check_condition(cond, allow_null=True)
         if self.training and self.config.cond_drop_rate > 0:
             drop = torch.rand(b, device=labels.device) < self.config.cond_drop_rate

@@ -124,13 +124,15 @@ class GaussianDiffusion:
         max_log = self._at(self.log_betas, t, x_t)
         frac = (v + 1) / 2
         log_var = frac * max_log + (1 - frac) * min_log
-        x0 = self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        x0 = (self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+              - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
         mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, log_var, x0
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) with the given noise."""
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0
+                + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log variance of q(x_{t-1} | x_t, x_0)."""
@@ -158,7 +160,8 @@ def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def _discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
+                                         log_scales: torch.Tensor) -> torch.Tensor:
     """Log-likelihood of data in [-1, 1] discretised to 256 bins under a Gaussian (ADM's decoder term)."""
     centered = x - means
     inv_stdv = torch.exp(-log_scales)

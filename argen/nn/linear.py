@@ -14,7 +14,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     F.linear's x @ W^T (benchmarks/bench_ar.py, bench_var.py); the result is a transposed view
     holding the same values."""
     rows = x.numel() // x.shape[-1]
-    if 1 < rows <= MAX_TRANSPOSED_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
+    if (1 < rows <= MAX_TRANSPOSED_ROWS and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32):
         x2 = x.reshape(rows, x.shape[-1]).contiguous()
         y = torch.mm(weight, x2.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x2.t())
         return y.t().view(*x.shape[:-1], weight.shape[0])

@@ -13,14 +13,16 @@ from argen.nn.rope import apply_rope
 
 
 class ViTAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = Linear(dim, dim)
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                rope: torch.Tensor | None = None) -> torch.Tensor:
         """``bias``: an additive attention bias broadcastable to (B, heads, N, N), or None; ``rope``: a
         rotary table (B or 1, N, head_dim/2, 2) applied to q and k, or None."""
         b, n, c = x.shape
@@ -54,6 +56,7 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = ViTMlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, rope: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                rope: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), bias, rope)
         return x + self.mlp(self.norm2(x))

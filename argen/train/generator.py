@@ -41,7 +41,8 @@ from argen.train.loop import (
 )
 
 
-def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None, **overrides: Any) -> dict[str, Any]:
+def generator_config(preset: str, family: str = "llamagen", *, width=None, depth=None, heads=None,
+                     **overrides: Any) -> dict[str, Any]:
     """Model arguments of a training preset for ``family`` (llamagen, var, mar, flowar, or any registered
     family with a training recipe), with overrides (any other argument of the family's config, e.g. MAR's
     ``mask_ratio_min``), checked by name."""
@@ -120,19 +121,22 @@ def train_generator(
         init_weights_from(model, init_from)
     ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
-    meta = {"kind": "generator", "config": asdict(model.config), "resolution": settings.resolution, "data": settings.data,
-            "augment": settings.augment, "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
+    meta = {"kind": "generator", "config": asdict(model.config), "resolution": settings.resolution,
+            "data": settings.data, "augment": settings.augment,
+            "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
     if continuous:
         meta["latents"] = latents
     prior = prior_train_time(out, settings.resume)
-    start = load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta) if settings.resume else 0
+    start = (load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta)
+             if settings.resume else 0)
     ema.updates = start
 
     tok = tok.to(acc.device).eval().requires_grad_(False)
     model, opt = acc.prepare(model, opt)
     loader = step_loader(dataset, settings, acc, start, infinite)
     defaults = dict(sample_defaults or fam.sample_defaults(3.0, 0, tok.latent_grid(settings.resolution)))
-    bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="generator")
+    bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process),
+               desc="generator")
     t0, logs, recent = time.time(), {}, RecentMeans()
     for step, (images, labels) in enumerate(loader, start=start):
         # every draw of the step (dropout, class dropout, posterior samples, MAR's orders, masks and
@@ -190,7 +194,8 @@ def init_weights_from(model: torch.nn.Module, directory: str | Path) -> None:
     folder = Path(directory)
     if (folder / INDEX_NAME).is_file():
         folder = folder / read_json(folder / INDEX_NAME, "").get("generator", "generator")
-    saved = read_json(folder / CONFIG_NAME, f"--init-from {directory}: no generator there (no {CONFIG_NAME} in {folder})")
+    saved = read_json(folder / CONFIG_NAME,
+                      f"--init-from {directory}: no generator there (no {CONFIG_NAME} in {folder})")
     kind = saved.pop("_class", model.registry_name)
     if kind != model.registry_name:
         raise ConfigError(f"--init-from {directory} holds a {kind!r}, this run trains a {model.registry_name!r}")

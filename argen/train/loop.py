@@ -197,7 +197,11 @@ def _state_path(out: Path) -> Path:
 
 
 def save_checkpoint(
-    out: Path, step: int, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any]
+    out: Path,
+    step: int,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    meta: dict[str, Any],
 ) -> None:
     """Weights as safetensors, optimizer states with torch.save (tensors and numbers only), meta JSON."""
     from safetensors.torch import save_file
@@ -228,15 +232,21 @@ def load_checkpoint(
         raise CheckpointError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
     saved = json.loads(path.read_text())
     diffs = [
-        f"{k}: checkpoint {saved[k]!r} vs now {v!r}" for k, v in meta.items() if k != "settings" and k in saved and saved[k] != v
+        f"{k}: checkpoint {saved[k]!r} vs now {v!r}"
+        for k, v in meta.items()
+        if k != "settings" and k in saved and saved[k] != v
     ]
     if diffs:
-        raise CheckpointError(f"--resume: the checkpoint in {out} was trained with another configuration: " + "; ".join(diffs))
+        raise CheckpointError(
+            f"--resume: the checkpoint in {out} was trained with another configuration: " + "; ".join(diffs)
+        )
     folder = out / CHECKPOINT_DIR
     for name, module in modules.items():
         file = folder / f"{name}.safetensors"
         if isinstance(module, dict) and not file.is_file():
-            logger.warning("--resume: %s has no %s (an older checkpoint): the run continues, not bit-exactly", folder, file.name)
+            logger.warning(
+                "--resume: %s has no %s (an older checkpoint): the run continues, not bit-exactly", folder, file.name
+            )
             continue
         state = load_file(str(file))
         if isinstance(module, dict):

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from argen.errors import ConfigError
 from argen.images import make_grid, to_pil
 from argen.modeling import build_config
-from argen.errors import ConfigError
 from argen.tokenizers.kl import KLVAE, KLConfig
 from argen.tokenizers.msvq import PATCH_NUMS_256, MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer
@@ -200,9 +200,11 @@ def train_tokenizer(
     if perceptual is not None:
         perceptual = perceptual.to(acc.device)
     loader = step_loader(dataset, settings, acc, start, infinite)
-    held_out = torch.stack([make_dataset(settings.data, settings.resolution, split="test")[0][i][0] for i in range(8)]) \
+    held_out = torch.stack([make_dataset(settings.data, settings.resolution, split="test")[0][i][0]
+                            for i in range(8)]) \
         if infinite else torch.stack([dataset.load(i)[0] for i in range(min(8, len(dataset)))])  # not augmented
-    bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process), desc="tokenizer")
+    bar = tqdm(total=settings.steps, initial=start, disable=not (settings.progress and acc.is_main_process),
+               desc="tokenizer")
     t0, logs, step, recent = time.time(), {}, start, RecentMeans()
     for step, (images, _) in enumerate(loader, start=start):
         seed_step(settings.seed, step, acc.process_index)
@@ -237,11 +239,14 @@ def train_tokenizer(
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
         done = step + 1
         if acc.is_main_process and (done % settings.sample_every == 0 or done == settings.steps):
-            _sample_grid(acc.unwrap_model(model), held_out.to(acc.device), out / "samples" / f"tokenizer_{done:06d}.png")
+            _sample_grid(acc.unwrap_model(model), held_out.to(acc.device),
+                         out / "samples" / f"tokenizer_{done:06d}.png")
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                mods = {k: acc.unwrap_model(v) for k, v in {"tokenizer": model, **({"discriminator": disc} if disc is not None else {})}.items()}
+                mods = {k: acc.unwrap_model(v)
+                        for k, v in {"tokenizer": model,
+                                     **({"discriminator": disc} if disc is not None else {})}.items()}
                 mods.update(_restart_state(mods["tokenizer"]))
                 save_checkpoint(out, done, mods, optims, {**meta, "settings": settings_dict(settings),
                                 "train_time_s": train_time(prior, t0)})
