@@ -74,6 +74,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             order=args.order,
             num_steps=args.num_steps,
             guidance_high=args.guidance_high,
+            steps=args.steps,
+            t_list=args.t_list,
+            split=args.split,
         ).items()
         if v is not None
     }
@@ -289,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
     g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sampler", default="ar",
-                   help="ar (plain, token- or scale-wise) or sjd (speculative Jacobi, token-wise)")
+    g.add_argument("--sampler", help="ar (plain, token- or scale-wise), sjd (speculative Jacobi, token-wise) or dd "
+                                     "(distilled students); default: the first that drives the model (ar; dd)")
     g.add_argument("--window", type=int, help="sjd: tokens per forward pass (default 16)")
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
     g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
@@ -298,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--order", choices=MAR_ORDERS, help="MAR: token generation order (official: random)")
     g.add_argument("--num-steps", type=int, help="FlowAR: flow steps per scale (official count: 25 = 24 Euler steps)")
     g.add_argument("--guidance-high", type=float, help="FlowAR: guide only at flow times <= this (official --guidance)")
+    g.add_argument("--steps", type=int, help="dd: 1 or 2 student passes at the model's released positions")
+    g.add_argument("--t-list", type=lambda s: [int(t) for t in s.split(",")],
+                   help="dd: explicit step positions, comma-separated, from 0 (e.g. 0,5)")
+    g.add_argument("--split", type=int, help="dd: positions before it are snapped to the codebook (default: released)")
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen, MAR: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
     g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")

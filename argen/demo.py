@@ -39,7 +39,9 @@ KIND_OPTIONS = {
     "scale": ("top_k", "top_p", "temperature"),
     "continuous": ("temperature", "num_iter", "diffusion_steps"),
     "flow-scale": ("num_steps",),
+    "distilled": (),  # 1 step; "steps=2" in the extra options
 }
+UNGUIDED_KINDS = {"distilled"}  # no cfg controls: a student's guidance was distilled into it
 Row = tuple[Image.Image | None, list[tuple[Image.Image, str]] | None, list[list[str]] | None]
 
 
@@ -184,7 +186,7 @@ def _options(kind: str, sampler: str, cfg_scale, cfg_schedule, top_k, top_p, tem
     for k in ("top_k", "num_iter", "diffusion_steps", "num_steps"):
         if k in opts:
             opts[k] = _count(opts[k], k, 0)
-    if cfg_scale is not None:
+    if cfg_scale is not None and kind not in UNGUIDED_KINDS:
         opts["cfg_scale"] = float(cfg_scale)
     if cfg_schedule and cfg_schedule != MODEL_DEFAULT:
         opts["cfg_schedule"] = cfg_schedule
@@ -225,9 +227,9 @@ def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict
     return {
         "sampler": dict(choices=samplers, value=sampler),
         "classes": dict(choices=info.class_choices(), value=first),
-        "cfg_scale": dict(value=d.get("cfg_scale", 1.0)),
+        "cfg_scale": dict(value=d.get("cfg_scale", 1.0), visible=info.kind not in UNGUIDED_KINDS),
         "cfg_schedule": dict(choices=[MODEL_DEFAULT, *SCHEDULES.get(info.kind, [])],
-                             value=d.get("cfg_schedule", MODEL_DEFAULT)),
+                             value=d.get("cfg_schedule", MODEL_DEFAULT), visible=info.kind not in UNGUIDED_KINDS),
         "top_k": dict(value=d.get("top_k", 0), visible="top_k" in kinds),
         "top_p": dict(value=d.get("top_p", 1.0), visible="top_p" in kinds),
         "temperature": dict(value=d.get("temperature", 1.0), visible="temperature" in kinds),

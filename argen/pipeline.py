@@ -130,12 +130,13 @@ class ARPipeline:
         classes: Sequence[int | str] | int | str,
         *,
         seed: int | None = None,
-        sampler: str = "ar",
+        sampler: str | None = None,
         output_type: str = "pil",
         **options: Any,
     ) -> list[Image.Image] | torch.Tensor:
         """Generate one image per entry of ``classes``. Sampling options (cfg_scale, cfg_interval,
-        temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card.
+        temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card; ``sampler``
+        to the first that drives the model (:func:`argen.samplers.default_sampler`: ``ar``, or ``dd`` for a student).
         ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'. The request runs in
         batches of ``batch_size`` (default :func:`default_batch_size` of the device); ``progress``,
         ``first_index`` and how seeds and batch sizes relate: see :meth:`generate_batches`, which
@@ -153,7 +154,7 @@ class ARPipeline:
         classes: Sequence[int | str] | int | str,
         *,
         seed: int | None = None,
-        sampler: str = "ar",
+        sampler: str | None = None,
         batch_size: int | None = None,
         output_type: str = "pil",
         progress: bool = False,
@@ -185,6 +186,7 @@ class ARPipeline:
         if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
             raise ConfigError(f"first_index must be an integer >= 0, got {first_index!r}")
         opts = {**self.defaults, **options}
+        sampler = sampler or samplers.default_sampler(self.generator)
         used_seed = samplers.check_seed(seed)
         per_image = samplers.takes_row_streams(sampler, self.generator)
         several = len(ids) > batch_size

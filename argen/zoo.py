@@ -36,6 +36,7 @@ class ZooEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     params: str = ""
     urls: dict[str, str] = field(default_factory=dict)  # component -> direct URL (releases not on the hub)
+    repos: dict[str, str] = field(default_factory=dict)  # component -> another hub repository than repo_id
 
 
 def _llamagen(size: str, preset: str, params: str, res: int, fid: str) -> ZooEntry:
@@ -100,6 +101,39 @@ def _mar(size: str, cfg: float, params: str, fid: str) -> ZooEntry:
     )
 
 
+DD_REPO = "microsoft/distilled_decoding"
+
+
+def _dd_llamagen(size: str, params: str) -> ZooEntry:
+    return ZooEntry(
+        name=f"dd-llamagen-{size.lower()}",
+        family="dd-llamagen",
+        description=f"Distilled Decoding student of LlamaGen GPT-{size}: 256 tokens in 1 or 2 passes, ImageNet 256px",
+        image_size=256,
+        repo_id=DD_REPO,
+        files={"generator": f"LlamaGen-DD/llamagen-{size}.pt", "tokenizer": "vq_ds16_c2i.pt"},
+        repos={"tokenizer": LLAMAGEN_REPO},
+        generator_args={"preset": f"dd-llamagen-{size.lower()}"},
+        tokenizer_args={"preset": "VQ-16"},
+        params=params,
+    )
+
+
+def _dd_var(depth: int, params: str) -> ZooEntry:
+    return ZooEntry(
+        name=f"dd-var-d{depth}",
+        family="dd-var",
+        description=f"Distilled Decoding student of VAR-d{depth}: 10 scales in 1 or 2 passes, ImageNet 256px",
+        image_size=256,
+        repo_id=DD_REPO,
+        files={"generator": f"VAR-DD/var-d{depth}.pth", "tokenizer": "vae_ch160v4096z32.pth"},
+        repos={"tokenizer": VAR_REPO},
+        generator_args={"preset": f"dd-var-d{depth}"},
+        tokenizer_args={"preset": "vae_ch160v4096z32"},
+        params=params,
+    )
+
+
 FLOWAR_REPO = "OliverRen/FlowAR"
 
 
@@ -141,6 +175,11 @@ OFFICIAL: dict[str, ZooEntry] = {
         _flowar("S", "flowar_small", 25, 4.3, 0.9, "170M", "3.61"),
         _flowar("L", "flowar_large", 25, 2.4, 0.9, "589M", "1.90"),
         _flowar("H", "flowar_huge", 50, 2.4, 0.7, "1.9B", "1.65"),
+        _dd_llamagen("B", "98.3M"),
+        _dd_llamagen("L", "326M"),
+        _dd_var(16, "328M"),
+        _dd_var(20, "635M"),
+        _dd_var(24, "1.09B"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name
@@ -261,8 +300,8 @@ def load(
     if family.load_official is None:
         raise ConfigError(f"the {family.name} family has no loader of official checkpoints")
     paths = {
-        comp: resolve_file(entry.repo_id, fname, checkpoint_dir=checkpoint_dir, local_files_only=local_files_only,
-                           url=entry.urls.get(comp))
+        comp: resolve_file(entry.repos.get(comp, entry.repo_id), fname, checkpoint_dir=checkpoint_dir,
+                           local_files_only=local_files_only, url=entry.urls.get(comp))
         for comp, fname in entry.files.items()
     }
     gen, tok = family.load_official(paths, entry.generator_args, entry.tokenizer_args, device, dtype)

@@ -18,6 +18,8 @@ import torch
 from argen.errors import ConfigError
 from argen.generators.protocol import Generator, generator_kind, protocol_for
 from argen.samplers.ar import sample_ar
+from argen.samplers.dd import sample_dd
+from argen.samplers.flow import sample_flow_scales, sample_flow_tokens
 from argen.samplers.flowar import sample_flowar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
 from argen.samplers.mar import sample_mar
@@ -51,6 +53,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
         {"token": sample_sjd},
         "speculative Jacobi decoding: a window of drafts verified per pass, same distribution as ar",
     ),
+    "flow": SamplerSpec(
+        {"token": sample_flow_tokens, "scale": sample_flow_scales},
+        "the noise -> token flow of distilled decoding: deterministic given the noise, same distribution as ar",
+        row_streams=frozenset({"token", "scale"}),
+    ),
+    "dd": SamplerSpec(
+        {"distilled": sample_dd},
+        "distilled decoding: a student maps noise to the whole sequence in one pass per step (1 or 2 steps)",
+        row_streams=frozenset({"distilled"}),
+    ),
 }
 
 _COMMON = {"progress", "callback", "callback_every"}
@@ -82,10 +94,18 @@ def samplers_for(model: Generator) -> list[str]:
     return [n for n, s in SAMPLERS.items() if kind in s.kinds]
 
 
+def default_sampler(model: Generator) -> str:
+    """The sampler a model gets when none is named: the first registered for its kind (``ar``; ``dd`` for students)."""
+    names = samplers_for(model)
+    if not names:
+        raise ConfigError(f"no sampler drives a {generator_kind(model)!r} model")
+    return names[0]
+
+
 def sample(
     model: Generator,
     classes: Any,
-    sampler: str = "ar",
+    sampler: str | None = None,
     seed: int | None = None,
     cfg_scale: float = 1.0,
     cfg_interval: int = -1,
@@ -108,6 +128,7 @@ def sample(
     (:func:`takes_row_streams`). ``cfg_schedule`` / ``top_p_rule`` default to the model's own
     conventions (``model.sampling_conventions``; LlamaGen: constant / hf, VAR: var / var).
     """
+    sampler = sampler or default_sampler(model)
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; available: {', '.join(SAMPLERS)}")
     spec = SAMPLERS[sampler]
@@ -155,6 +176,7 @@ __all__ = [
     "draw",
     "guide",
     "check_seed",
+    "default_sampler",
     "derive_seed",
     "make_rng",
     "process_logits",

@@ -19,6 +19,8 @@ from argen.samplers.logits import SamplingOptions, draw, split_guided
 from argen.samplers.stats import SamplerStats
 
 StepCallback = Callable[[int, torch.Tensor], None]
+# how a sampler turns one step's (guided) logits into ids: (position, logits (B, ..., V)) -> ids (B, ...)
+Pick = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def sample_ar(
@@ -35,19 +37,34 @@ def sample_ar(
     """Sample ``model.seq_len`` tokens per condition. ``callback(n_done, codes)`` is called every
     ``callback_every`` tokens with the codes so far (for live previews). ``compile``: decode steps
     through ``torch.compile`` (CUDA graphs on CUDA); the same tokens, the first call pays the compile."""
+    return token_by_token(model, cond, opts, lambda i, logits: draw(logits, opts, rng), "ar", progress=progress,
+                          callback=callback, callback_every=callback_every, compile=compile)
+
+
+def token_by_token(model: TokenGenerator, cond: torch.Tensor, opts: SamplingOptions, pick: Pick, name: str, *,
+                   progress: bool, callback: StepCallback | None, callback_every: int, compile: bool,
+                   prefix: torch.Tensor | None = None, length: int | None = None) -> tuple[torch.Tensor, SamplerStats]:
+    """The token-by-token loop with a KV cache and CFG; ``pick`` turns each position's logits into ids.
+    ``prefix`` (B, k): given first tokens, teacher-forced in one causal window; ``length``: stop after that
+    many tokens (default ``model.seq_len``)."""
     start = time.perf_counter()
-    b, n = cond.shape[0], model.seq_len
+    b, n = cond.shape[0], model.seq_len if length is None else length
+    k = 0 if prefix is None else prefix.shape[1]
     guided = opts.guided
     inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
     dec = decoder_for(model, compile)
     cache = dec.new_cache(inp.shape[0])
     codes = torch.empty(b, n, dtype=torch.long, device=cache.lengths.device)
-    stats = SamplerStats("ar", b, n, guided_rows=inp.shape[0])
+    stats = SamplerStats(name, b, n, guided_rows=inp.shape[0])
 
     logits = dec.prefill(inp, cache)
     stats.forward_passes = 1
-    for i in tqdm(range(n), disable=not progress, desc="sampling", unit="tok", leave=False):
-        if i > 0:
+    if k:
+        codes[:, :k] = prefix
+        logits = dec.decode(torch.cat([prefix, prefix]) if guided else prefix, cache)[:, -1]
+        stats.forward_passes += 1
+    for i in tqdm(range(k, n), disable=not progress, desc="sampling", unit="tok", leave=False):
+        if i > k:
             x = codes[:, i - 1 : i]
             logits = dec.decode(torch.cat([x, x]) if guided else x, cache)[:, -1]
             stats.forward_passes += 1
@@ -58,7 +75,7 @@ def sample_ar(
                 # guidance is over for good: keep only the conditional rows from now on
                 cache.select(torch.arange(b, device=codes.device))
                 guided = False
-        codes[:, i] = draw(logits, opts, rng)
+        codes[:, i] = pick(i, logits)
         if callback is not None and ((i + 1) % callback_every == 0 or i + 1 == n):
             callback(i + 1, codes[:, : i + 1])
     stats.wall_time_s = time.perf_counter() - start

@@ -76,6 +76,14 @@ def multinomial(probs: torch.Tensor, rng: Rng) -> torch.Tensor:
     return torch.multinomial(probs.reshape(-1, v), 1, generator=rng).view(probs.shape[:-1])
 
 
+def normal(shape: Sequence[int], rng: Rng, device: torch.device | str) -> torch.Tensor:
+    """Standard normal draws (float32) of ``shape``; with :class:`RowStreams` row i from its own generator."""
+    if isinstance(rng, RowStreams):
+        rng.check_rows(shape[0])
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device) for g in rng.generators])
+    return torch.randn(tuple(shape), generator=rng, device=device)
+
+
 def exponential_like(t: torch.Tensor, rng: Rng) -> torch.Tensor:
     """Exp(1) draws shaped like ``t`` (Gumbel noise is -log of them); per row with :class:`RowStreams`."""
     if isinstance(rng, RowStreams):

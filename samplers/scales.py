@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from argen.generators.protocol import ScaleGenerator
-from argen.samplers.ar import StepCallback
+from argen.samplers.ar import Pick, StepCallback
 from argen.samplers.logits import SamplingOptions, draw, process_logits, split_guided
 from argen.samplers.rng import Rng, exponential_like
 from argen.samplers.stats import SamplerStats
@@ -38,6 +38,15 @@ def sample_scales(
     latent (``stats.latents``, which the pipeline uses), not from the returned codes.
     ``callback(n_scales_done, codes_so_far)`` runs after every ``callback_every`` scales.
     """
+    return scale_by_scale(model, cond, opts, lambda si, logits: draw(logits, opts, rng), "ar", rng,
+                          more_smooth=more_smooth, progress=progress, callback=callback, callback_every=callback_every)
+
+
+def scale_by_scale(model: ScaleGenerator, cond: torch.Tensor, opts: SamplingOptions, pick: Pick, name: str, rng: Rng,
+                   *, more_smooth: bool, progress: bool, callback: StepCallback | None,
+                   callback_every: int) -> tuple[torch.Tensor, SamplerStats]:
+    """The scale-by-scale loop with a KV cache and CFG; ``pick(si, logits)`` turns scale si's logits into
+    ids (``rng``: more_smooth's Gumbel noise)."""
     start = time.perf_counter()
     patch_nums = model.patch_nums
     b, n_scales = cond.shape[0], len(patch_nums)
@@ -47,14 +56,14 @@ def sample_scales(
     cache = model.new_cache(labels.shape[0])
     cnd = model.condition(labels)
     x = model.first_scale_input(cnd)
-    stats = SamplerStats("ar", b, model.seq_len, guided_rows=labels.shape[0])
+    stats = SamplerStats(name, b, model.seq_len, guided_rows=labels.shape[0])
     codes, f_hat = [], None
     for si in tqdm(range(n_scales), disable=not progress, desc="scales", leave=False):
         logits = model.step(x, cnd, cache)
         stats.forward_passes += 1
         if guided:
             logits = split_guided(logits, opts.scale_at(si, n_scales), extrapolate)
-        ids = draw(logits, opts, rng)
+        ids = pick(si, logits)
         codes.append(ids)
         if more_smooth:
             pn = patch_nums[si]

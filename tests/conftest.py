@@ -206,7 +206,30 @@ def _tiny_flowar():
     return gen, _kl_vae(gen), {"cfg_scale": 2.0, "num_steps": 2}
 
 
-TINY_PIPELINES = {"llamagen": _tiny_llamagen, "var": _tiny_var, "mar": _tiny_mar, "flowar": _tiny_flowar}
+def _tiny_dd_llamagen():
+    from argen.convert.dd_llamagen import load_dd_llamagen
+    from argen.convert.llamagen import load_vq
+
+    cfg = fixture_config("dd_llamagen_tiny")
+    vq = load_vq(fixture_weights("llamagen_vq_tiny"), **{k: v for k, v in cfg["vq"].items() if k != "image_size"})
+    dd = {k: v for k, v in cfg["dd"].items() if k not in ("ffn_hidden", "grid", "head_dim")}  # official ModelArgs
+    return load_dd_llamagen(fixture_weights("dd_llamagen_tiny"), tokenizer=vq, two_step_t=5, split_t=5, **dd), vq, {}
+
+
+def _tiny_dd_var():
+    from argen.convert.dd_var import load_dd_var
+    from argen.convert.var import load_var_vae
+
+    cfg = fixture_config("dd_var_tiny")
+    vae = load_var_vae(fixture_weights("var_tiny_vqvae"), **{k: v for k, v in cfg["vae"].items() if k != "image_size"})
+    dd = {k: cfg["dd"][k] for k in ("depth", "embed_dim", "num_heads", "num_classes", "patch_nums", "shared_aln",
+                                    "mlp_ratio", "norm_eps", "attn_l2_norm")}
+    return load_dd_var(fixture_weights("dd_var_tiny"), vae=vae, drop_path_rate=0.0, two_step_t=2, loss_split_t=2,
+                       **dd), vae, {}
+
+
+TINY_PIPELINES = {"llamagen": _tiny_llamagen, "var": _tiny_var, "mar": _tiny_mar, "flowar": _tiny_flowar,
+                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var}
 
 
 def tiny_family_pipe(family: str):

@@ -56,6 +56,8 @@ class TableModel(torch.nn.Module):
         n_codes = self.radix ** (length - 1)
         self.register_buffer("table", torch.randn(num_classes + 1, n_codes, vocab, generator=g) * sharpness)
         self.register_buffer("weights", self.radix ** torch.arange(length - 1))
+        # each code's vector in a 3-d "tokenizer" space (the flow sampler's noise lives there)
+        self.register_buffer("code_vectors", torch.randn(vocab, 3, generator=g))
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def null_condition(self, b: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ def test_argen_bench_compares_models_in_one_process(tmp_path):
     report = json.loads(out.read_text())
     assert report["benchmark"] == "models" and report["baseline"] == "shapes-llamagen"
     llamagen, flowar = report["reports"]
-    # default samplers: everything the model supports (token-wise: sjd too; FlowAR: plain only)
-    assert {x["sampler"] for x in llamagen["results"]} == {"ar", "sjd"}
+    # default samplers: everything the model supports (token-wise: sjd and flow too; FlowAR: plain only)
+    assert {x["sampler"] for x in llamagen["results"]} == {"ar", "sjd", "flow"}
     assert {x["sampler"] for x in flowar["results"]} == {"ar"} and flowar["warmup"] is False
     rows = {(x["model"], x["batch_size"]): x for x in report["comparison"]}
     assert set(rows) == {(m, b) for m in ("shapes-llamagen", "shapes-flowar") for b in (1, 2)}

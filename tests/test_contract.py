@@ -68,12 +68,16 @@ def test_same_seed_same_codes_other_seed_other_codes(tiny):
 def test_batch_splitting_keeps_the_codes_where_the_sampler_promises_it(tiny):
     pipe, _ = tiny
     names = samplers.samplers_for(pipe.generator)
-    assert "ar" in names
+    assert names and samplers.default_sampler(pipe.generator) == names[0]
     for name in names:  # every sampler that drives the family
         if samplers.takes_row_streams(name, pipe.generator):  # per-image streams: the batch size does not matter
             whole = _codes(pipe, seed=5, sampler=name, batch_size=len(IDS))
             for k in (1, 2):
-                assert torch.equal(_codes(pipe, seed=5, sampler=name, batch_size=k), whole), (name, k)
+                part = _codes(pipe, seed=5, sampler=name, batch_size=k)
+                if whole.is_floating_point():  # the same draws; a matmul's round-off may depend on the batch size
+                    torch.testing.assert_close(part, whole, atol=1e-5, rtol=1e-5, msg=f"{name}, batches of {k}")
+                else:
+                    assert torch.equal(part, whole), (name, k)
         else:  # one stream per batch: the same seed and batch size reproduce
             a = _codes(pipe, seed=5, sampler=name, batch_size=2)
             assert torch.equal(a, _codes(pipe, seed=5, sampler=name, batch_size=2)), name

@@ -45,7 +45,7 @@ def test_build_demo_builds_without_launching():
     demo = launcher.build_demo(models=[MODEL])
     assert isinstance(demo, gr.Blocks)
     props = {c.get("props", {}).get("label"): c.get("props", {}) for c in demo.get_config_file()["components"]}
-    assert [v for _, v in props["sampler"]["choices"]] == ["ar", "sjd"]
+    assert [v for _, v in props["sampler"]["choices"]] == ["ar", "sjd", "flow"]
     assert [lbl for lbl, _ in props["classes"]["choices"]][:2] == ["circle", "square"]
     card = json.loads((Path(__file__).parents[1] / "assets" / "shapes-llamagen" / "model_index.json").read_text())
     assert props["cfg scale"]["value"] == card["defaults"]["cfg_scale"] != 1.0  # the model card's default
@@ -54,14 +54,15 @@ def test_build_demo_builds_without_launching():
 
 def test_model_info_needs_no_weights():
     info = model_info("var-d16")  # offline: not downloadable, but described
-    assert info.kind == "scale" and info.samplers() == ["ar"] and not info.local
+    assert info.kind == "scale" and info.samplers() == ["ar", "flow"] and not info.local
     assert info.class_choices()[207] == ("207: golden retriever", 207)
     assert info.defaults["top_k"] == 900
 
 
 def test_controls_follow_the_model_card():
     var = app._controls_for(model_info("var-d16"))
-    assert var["sampler"] == {"choices": ["ar"], "value": "ar"} and var["top_k"] == {"value": 900, "visible": True}
+    assert var["sampler"] == {"choices": ["ar", "flow"], "value": "ar"}
+    assert var["top_k"] == {"value": 900, "visible": True}
     assert var["classes"]["value"] == [207, 360, 387, 974] and len(var["classes"]["choices"]) == 1000
     assert "var" in var["cfg_schedule"]["choices"]
     mar = app._controls_for(model_info("mar-base"))
@@ -223,3 +224,10 @@ def test_browser_click_generates_an_image(served, tmp_path):
     artifacts = REPO / "tests" / "artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(shot, artifacts / "demo_browser.png")
+
+
+def test_a_student_gets_the_dd_sampler_and_no_guidance_controls():
+    info = model_info("dd-var-d16")
+    assert info.kind == "distilled" and info.samplers() == ["dd"]
+    controls = app._controls_for(info)
+    assert controls["sampler"]["value"] == "dd" and not controls["cfg_scale"]["visible"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from exactness import TableModel, run, tv_of
 
+import argen.samplers.flow as flow
 import argen.samplers.sjd as sjd
 from argen.samplers.logits import top_p_filter
 
@@ -80,4 +81,32 @@ def test_broken_speculative_samplers_fail_the_same_test(name, monkeypatch):
     fn, broken, options = NEGATIVE[name]
     monkeypatch.setattr(sjd, fn, broken)
     v = run(MODEL, "sjd", window=4, init="random", seed=4, **options)
+    assert not v.passed, f"{name} passed the exactness test: {tv_of(v)}"
+
+
+# the noise -> token flow (argen.samplers.flow): deterministic given the noise, distributed as ar
+FLOW_RUNS = ["plain", "cfg-topk", "topp-temp"]
+
+
+@pytest.mark.parametrize("name", FLOW_RUNS)
+def test_flow_is_exact(name):
+    v = run(MODEL, "flow", seed=6, **CONFIGS[name])
+    assert v.passed, tv_of(v)
+
+
+FLOW_NEGATIVE = {
+    # the teacher's raw distribution instead of the processed one (CFG, top-k) that ar draws from
+    "unprocessed-probs": (lambda monkeypatch: monkeypatch.setattr(flow, "target_probs",
+                                                                  lambda logits, opts: logits.float().softmax(-1)),
+                          dict(cfg_scale=2.0, top_k=3)),
+    # too coarse an integration of the ODE (16 RK4 steps pass; 8 pass here too, 4 do not)
+    "four-rk4-steps": (lambda monkeypatch: None, dict(ode_steps=4)),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOW_NEGATIVE))
+def test_broken_flows_fail_the_same_test(name, monkeypatch):
+    patch, options = FLOW_NEGATIVE[name]
+    patch(monkeypatch)
+    v = run(MODEL, "flow", seed=6, **options)
     assert not v.passed, f"{name} passed the exactness test: {tv_of(v)}"

@@ -117,7 +117,7 @@ def _subcommands(parser, *path):
 
 
 def test_a_registered_family_is_listed_and_goes_away(toy):
-    assert [f.name for f in families()] == ["llamagen", "var", "mar", "flowar", "toy"]
+    assert [f.name for f in families()] == ["llamagen", "var", "mar", "flowar", "dd-llamagen", "dd-var", "toy"]
     assert get_family("toy") is toy and toy.kind == "token" and toy.config_class is LlamaGenConfig
     parser = build_parser()
     assert "toy" in next(a for a in _subcommands(parser, "convert")._actions if a.dest == "family").choices
@@ -127,7 +127,8 @@ def test_a_registered_family_is_listed_and_goes_away(toy):
         register_family(toy)
     unregister_family("toy")
     assert "toy" not in [f.name for f in families()]
-    with pytest.raises(ConfigError, match="unknown generator family 'toy'; known: llamagen, var, mar, flowar"):
+    with pytest.raises(ConfigError,
+                       match="unknown generator family 'toy'; known: llamagen, var, mar, flowar, dd-llamagen, dd-var"):
         get_family("toy")
     register_family(toy)  # for the fixture to remove
 

@@ -157,7 +157,7 @@ def test_bad_classes(model, classes, match):
 
 
 def test_samplers_for_model(model):
-    assert S.samplers_for(model) == ["ar", "sjd"]
+    assert S.samplers_for(model) == ["ar", "sjd", "flow"] and S.default_sampler(model) == "ar"
     with pytest.raises(ConfigError, match="Tensor is not an argen generator"):
         S.sample(torch.zeros(1), [0])
 

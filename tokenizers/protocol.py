@@ -34,6 +34,9 @@ class DiscreteTokenizer(Tokenizer, Protocol):
     @property
     def codebook_size(self) -> int: ...
 
+    @property
+    def code_vectors(self) -> torch.Tensor: ...  # (V, C): the vector each code decodes from
+
 
 class MultiScaleTokenizer(Tokenizer, Protocol):
     """Codes per scale of ``patch_nums``, flat in scale order for the generators (VAR's VQ-VAE)."""

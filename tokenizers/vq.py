@@ -244,6 +244,11 @@ class VQTokenizer(Pretrained):
         return self.config.codebook_size
 
     @property
+    def code_vectors(self) -> torch.Tensor:
+        """(V, C): the vector each code decodes from (l2-normalised where the quantiser normalises)."""
+        return self.quantize.codebook()
+
+    @property
     def downsample(self) -> int:
         return self.config.downsample
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from argen.convert.llamagen import load_gpt, load_vq
 from argen.errors import ConfigError
 from argen.families.registry import Family, arg, official_args, official_loader, official_values
-from argen.generators.llamagen import LlamaGen, LlamaGenConfig
+from argen.generators.llamagen import LlamaGen
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -19,13 +19,19 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def random_weights(generator_args: dict[str, Any], tokenizer_args: dict[str, Any]) -> tuple[LlamaGen, VQTokenizer]:
-    tok = VQTokenizer(VQConfig.preset(tokenizer_args["preset"]))
-    args = dict(generator_args)
-    gen = LlamaGen(LlamaGenConfig.preset(args.pop("preset"), **args))
-    gen.init_weights()
-    torch.nn.init.normal_(gen.output.weight, std=0.02)  # the training init zeroes it: all logits equal
-    return gen, tok
+def random_on_vq(generator_class: type) -> Callable[..., tuple[Any, VQTokenizer]]:
+    """A ``random_weights`` for a GPT (or a student of one) on a VQ tokenizer: the preset's architecture, the
+    training init with the output layer drawn (the training init zeroes it: all logits equal), bound."""
+
+    def build(generator_args: dict[str, Any], tokenizer_args: dict[str, Any]) -> tuple[Any, VQTokenizer]:
+        tok = VQTokenizer(VQConfig.preset(tokenizer_args["preset"]))
+        args = dict(generator_args)
+        gen = generator_class(generator_class.config_class.preset(args.pop("preset"), **args))
+        gen.init_weights()
+        torch.nn.init.normal_(gen.output.weight, std=0.02)
+        return gen.bind_tokenizer(tok), tok
+
+    return build
 
 
 CONVERT_ARGS = (
@@ -69,7 +75,7 @@ FAMILY = Family(
     tokenizer_kind="discrete",
     description="LlamaGen GPT + VQ",
     load_official=official_loader(load_gpt, load_vq),
-    random_weights=random_weights,
+    random_weights=random_on_vq(LlamaGen),
     convert_args=CONVERT_ARGS,
     convert=convert,
     train_presets=TRAIN_PRESETS,
@@ -77,4 +83,5 @@ FAMILY = Family(
     derived=frozenset({"vocab_size", "block_size", "num_classes", "class_dropout_prob", "token_dropout_p",
                        "resid_dropout_p", "ffn_dropout_p"}),
     derive_config=derive_config,
+    bind=lambda generator, tok: generator.bind_tokenizer(tok),
 )

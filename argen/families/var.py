@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from argen.convert.var import load_var, load_var_vae
 from argen.families.registry import Family, arg, official_args, official_values
-from argen.generators.var import VAR, VARConfig
+from argen.generators.var import VAR
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -24,12 +24,16 @@ def load_official(paths, generator_args, tokenizer_args, device, dtype) -> tuple
     return gen, vae
 
 
-def random_weights(generator_args: dict[str, Any], tokenizer_args: dict[str, Any]) -> tuple[VAR, MultiScaleVQVAE]:
-    tok = MultiScaleVQVAE(MultiScaleVQConfig.preset(tokenizer_args["preset"]))
-    gen = VAR(VARConfig.preset(generator_args["preset"]))
-    gen.init_weights()
-    gen.bind_tokenizer(tok)
-    return gen, tok
+def random_on_msvq(generator_class: type) -> Callable[..., tuple[Any, MultiScaleVQVAE]]:
+    """A ``random_weights`` for VAR (or a student of it): the presets' architectures, the training init, bound."""
+
+    def build(generator_args: dict[str, Any], tokenizer_args: dict[str, Any]) -> tuple[Any, MultiScaleVQVAE]:
+        tok = MultiScaleVQVAE(MultiScaleVQConfig.preset(tokenizer_args["preset"]))
+        gen = generator_class(generator_class.config_class.preset(generator_args["preset"]))
+        gen.init_weights()
+        return gen.bind_tokenizer(tok), tok
+
+    return build
 
 
 CONVERT_ARGS = (
@@ -93,7 +97,7 @@ FAMILY = Family(
     tokenizer_kind="multiscale",
     description="VAR transformer + multi-scale VQ-VAE",
     load_official=load_official,
-    random_weights=random_weights,
+    random_weights=random_on_msvq(VAR),
     convert_args=CONVERT_ARGS,
     convert=convert,
     train_presets=TRAIN_PRESETS,

@@ -212,6 +212,7 @@ class LlamaGen(Pretrained):
         self.layers = nn.ModuleList(TransformerBlock(c, r) for r in rates)
         self.norm = RMSNorm(c.dim, eps=c.norm_eps)
         self.output = Linear(c.dim, c.vocab_size, bias=False)
+        self._tokenizer: tuple = ()  # the bound VQ tokenizer (a tuple: not a submodule, not in the state dict)
         self.init_buffers()
 
     def init_buffers(self) -> None:
@@ -253,6 +254,21 @@ class LlamaGen(Pretrained):
         g = self.config.grid_size
         return (g, g)
 
+    def bind_tokenizer(self, tokenizer: Any) -> "LlamaGen":
+        """Attach the VQ tokenizer whose codes this model predicts (its codebook size must be the vocabulary)."""
+        if tokenizer.codebook_size != self.config.vocab_size:
+            raise ConfigError(f"the tokenizer has {tokenizer.codebook_size} codes, the generator's vocabulary "
+                              f"{self.config.vocab_size}")
+        self._tokenizer = (tokenizer,)
+        return self
+
+    @property
+    def code_vectors(self) -> torch.Tensor:
+        """(V, C): the bound tokenizer's vector of each code (the space the flow sampler's noise lives in)."""
+        if not self._tokenizer:
+            raise ConfigError("no VQ tokenizer bound to this model: call model.bind_tokenizer(vq) (argen.load does)")
+        return self._tokenizer[0].code_vectors
+
     def null_condition(self, batch_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
         """The unconditional input for CFG: class ``num_classes`` (c2i) or the null caption (t2i)."""
         dev = self.tok_embeddings.weight.device
@@ -281,11 +297,16 @@ class LlamaGen(Pretrained):
         emb = self.cls_embedding(cond)
         return emb.to(self.tok_embeddings.weight.dtype)
 
-    def _run(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
-             window: CacheWindow | None = None) -> torch.Tensor:
+    def _blocks(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
+                window: CacheWindow | None = None) -> torch.Tensor:
+        """The transformer blocks without the final norm (a distilled student reads both)."""
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, cache, i, window)
-        return self.norm(h)
+        return h
+
+    def _run(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
+             window: CacheWindow | None = None) -> torch.Tensor:
+        return self.norm(self._blocks(h, rope, cache, window))
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, *, include_last: bool = False) -> torch.Tensor:
         """Teacher forcing: logits (B, N, V), ``logits[:, i]`` predicts ``tokens[:, i]`` given the

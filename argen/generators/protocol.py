@@ -84,6 +84,9 @@ class TokenGenerator(Generator, TokenDecoder, Protocol):
     @property
     def token_grid(self) -> tuple[int, int]: ...  # (rows, columns) of the raster
 
+    @property
+    def code_vectors(self) -> torch.Tensor: ...  # (V, C): each code's vector in the tokenizer (the flow sampler's)
+
     def null_condition(self, batch_size: int) -> torch.Tensor: ...
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache: ...
@@ -174,11 +177,51 @@ class FlowScaleGenerator(Generator, Protocol):
     def next_scale_tokens(self, latents: torch.Tensor, k: int, upsample: int | None = None) -> torch.Tensor: ...
 
 
+class DistilledGenerator(Generator, Protocol):
+    """A distilled student (DD, arXiv 2412.17153; sampler dd): Gaussian noise, one vector per token in
+    the tokenizer's embedding space, to the whole sequence in one pass per step. A step at ``t`` keeps
+    the first :meth:`first_noisy` (t) positions of the running sequence, resets the rest to the run's
+    noise and predicts them all at once (LlamaGen-DD: t counts tokens; VAR-DD: scales)."""
+
+    @property
+    def token_dim(self) -> int: ...  # C of the (B, N, C) noise and tokens
+
+    @property
+    def num_t(self) -> int: ...  # valid step positions t are 0 .. num_t - 1
+
+    @property
+    def default_split(self) -> int: ...  # the released split point (official loss_split_t / split_t)
+
+    def default_t_list(self, steps: int) -> list[int]:
+        """The released step positions for a 1- or 2-step run."""
+
+    def first_noisy(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) step positions -> (B,) index of the first position reset to noise."""
+
+    def perturb(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x (B, N, C) with every position from ``first_noisy(t)`` on set back to ``noise``."""
+
+    def final_predict(self, x_t: torch.Tensor, labels: torch.Tensor,
+                      t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One student pass -> (tokens (B, N, C), logits (B, N, V)); positions before ``first_noisy(t)``
+        pass through (their logits one-hot at the input's nearest code)."""
+
+    def final_sequence(self, tokens: torch.Tensor, logits: torch.Tensor, split: int) -> torch.Tensor:
+        """Positions before the split become the argmax codes' vectors, the rest keep the continuous tokens."""
+
+    @property
+    def code_vectors(self) -> torch.Tensor: ...  # (V, C): the codebook the noise and tokens live in
+
+    def nearest_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) vectors -> (B, N) ids of the nearest codes (squared L2)."""
+
+
 PROTOCOLS: dict[str, type] = {
     "token": TokenGenerator,
     "scale": ScaleGenerator,
     "continuous": ContinuousGenerator,
     "flow-scale": FlowScaleGenerator,
+    "distilled": DistilledGenerator,
 }
 
 

@@ -159,11 +159,14 @@ class AdaLNSelfAttn(nn.Module):
         return self.ada_lin(ada).view(-1, 1, 6, self.C)
 
     def forward(self, x: torch.Tensor, mods: torch.Tensor, mask, cache: KVCache | None = None, layer: int = 0,
-                window: CacheWindow | None = None) -> torch.Tensor:
-        """``mods``: this block's :meth:`modulation` of the condition."""
+                window: CacheWindow | None = None, mid: torch.Tensor | None = None) -> torch.Tensor:
+        """``mods``: this block's :meth:`modulation` of the condition. ``mid``: added to the residual stream
+        between the attention and the FFN sub-blocks (a distilled student's noise/data embedding)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mods.unbind(2)
         h = self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1), mask, cache, layer, window)
         x = x + drop_path(h.mul_(gamma1), self.drop_path, self.training)
+        if mid is not None:
+            x = x + mid
         h = self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2))
         return x + drop_path(h.mul(gamma2), self.drop_path, self.training)
 
@@ -214,14 +217,15 @@ class VAR(Pretrained):
     def __init__(self, config: VARConfig) -> None:
         super().__init__()
         self.config = c = config
-        C, L = c.embed_dim, c.seq_len
-        self.first_l = c.patch_nums[0] ** 2
+        scales = self.table_scales()
+        C, L = c.embed_dim, sum(p * p for p in scales)
+        self.first_l = scales[0] ** 2
         init_std = math.sqrt(1 / C / 3)
         self.word_embed = Linear(c.Cvae, C)
         self.class_emb = nn.Embedding(c.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
-        self.lvl_embed = nn.Embedding(len(c.patch_nums), C)
+        self.lvl_embed = nn.Embedding(len(scales), C)
         for t in (self.class_emb.weight, self.pos_start, self.pos_1LC, self.lvl_embed.weight):
             nn.init.trunc_normal_(t, mean=0, std=init_std)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(C, 6 * C)) if c.shared_aln else nn.Identity()
@@ -232,14 +236,25 @@ class VAR(Pretrained):
         self.init_buffers()
         self._tokenizer: tuple = ()
 
+    def table_scales(self) -> list[int]:
+        """The scales the position and level tables, the levels and the mask cover: the config's patch_nums
+        (a distilled student prepends its start scale)."""
+        return self.config.patch_nums
+
+    @staticmethod
+    def attention_bias(levels: torch.Tensor) -> torch.Tensor:
+        """Levels (1, n) -> the additive training mask (1, 1, n, n): block-causal, a scale sees itself and
+        every coarser one."""
+        d = levels.view(1, -1, 1)
+        n = levels.shape[1]
+        return torch.where(d >= d.transpose(1, 2), 0.0, -torch.inf).reshape(1, 1, n, n)
+
     def init_buffers(self) -> None:
-        """Level of each token and the block-causal training mask (persistent, as in the official
-        state dict, but always recomputed from the config)."""
+        """Level of each token and the training mask (persistent, as in the official state dict, but
+        always recomputed from the config)."""
         with torch.device(self.head.weight.device):
-            levels = _levels(self.config.patch_nums).view(1, -1)
-            d = levels.view(1, -1, 1)
-            n = levels.shape[1]
-            bias = torch.where(d >= d.transpose(1, 2), 0.0, -torch.inf).reshape(1, 1, n, n)
+            levels = _levels(self.table_scales()).view(1, -1)
+            bias = self.attention_bias(levels)
         self.register_buffer("lvl_1L", levels)
         self.register_buffer("attn_bias_for_masking", bias)
 
