@@ -144,7 +144,8 @@ def sample(
     if unknown:
         raise ConfigError(f"unknown option(s) for sampler {sampler!r}: {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(valid))}")
-    conventions = model.sampling_conventions
+    # the options drive the teacher where a sampler takes one (dd's teacher-involved sampling)
+    conventions = sampler_options.get("teacher", model).sampling_conventions
     opts = SamplingOptions(
         cfg_scale, cfg_interval, cfg_schedule or conventions.get("cfg_schedule", "constant"), temperature, top_k,
         top_p, greedy, top_p_rule or conventions.get("top_p_rule", "hf"),

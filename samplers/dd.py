@@ -12,10 +12,14 @@ Nothing is random but the noise, so a seed, or ``noise=`` itself, fixes the imag
 samples without guidance or logit filters: the teacher's were distilled into it, and asking for
 them is an error rather than a silent no-op.
 
-Teacher-involved sampling (``teacher=``, the official combine procedure, token-wise teachers): a first
-student step gives the first ``teacher_start`` tokens (snapped to their nearest codes), the teacher
-samples on from them to ``t_list[1]`` with the sampling options (guidance, top-k, ...), and a second
-student step at ``t_list[1]`` finishes the sequence from the teacher's tokens and the original noise.
+Teacher-involved sampling (``teacher=``, the official combine procedure): a first student step gives
+the positions before ``teacher_start`` (tokens, or VAR's scales; snapped to their nearest codes), the
+teacher samples on from them up to ``t_list[1]`` with the sampling options (guidance, top-k, ...), and a
+second student step at ``t_list[1]`` finishes the sequence from the teacher's tokens and the original
+noise. A scale-wise teacher reads its prefix scale by scale, each seeing the coarser ones, as in training
+(``teacher_prefix="block-causal"``, the default); the official sampler runs the prefix scales in one pass
+without a mask, so coarse scales also see finer ones (``teacher_prefix="unmasked"`` reproduces it and the
+published teacher-involved numbers).
 """
 from __future__ import annotations
 
@@ -26,11 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
-from argen.generators.protocol import DistilledGenerator, TokenGenerator, generator_kind
+from argen.generators.protocol import DistilledGenerator, ScaleGenerator, TokenGenerator, generator_kind
 from argen.samplers.ar import StepCallback, token_by_token
 from argen.samplers.logits import SamplingOptions, draw
 from argen.samplers.rng import Rng, normal
+from argen.samplers.scales import scale_by_scale
 from argen.samplers.stats import SamplerStats
+
+TEACHER_PREFIXES = ("block-causal", "unmasked")
 
 
 def _check_options(opts: SamplingOptions) -> None:
@@ -83,8 +90,9 @@ def sample_dd(
     t_list: Sequence[int] | None = None,
     split: int | None = None,
     noise: torch.Tensor | None = None,
-    teacher: TokenGenerator | None = None,
+    teacher: TokenGenerator | ScaleGenerator | None = None,
     teacher_start: int = 0,
+    teacher_prefix: str = "block-causal",
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 1,
@@ -92,11 +100,12 @@ def sample_dd(
     """Tokens (B, N, C) float for class ids ``cond``. ``steps``: 1 or 2 at the model's released
     positions, or ``t_list`` explicit (increasing, from 0). ``split``: positions before it are snapped
     to the codebook (default: the released one). ``noise`` (B, N, C): the run's noise instead of a
-    draw from the seed. ``teacher``: the token-wise teacher for teacher-involved sampling from
-    ``teacher_start`` to ``t_list[1]`` (module doc; the sampling options are the teacher's).
+    draw from the seed. ``teacher``: the teacher (token- or scale-wise) for teacher-involved sampling from
+    ``teacher_start`` to ``t_list[1]`` (module doc; the sampling options are then the teacher's).
     ``callback(step, tokens)`` after every ``callback_every`` steps."""
     if teacher is not None:
-        return _with_teacher(model, cond, opts, rng, teacher, teacher_start, steps, t_list, split, noise)
+        return _with_teacher(model, cond, opts, rng, teacher, teacher_start, teacher_prefix, steps, t_list, split,
+                             noise)
     _check_options(opts)
     start = time.perf_counter()
     t_list = step_positions(model, steps, t_list)
@@ -131,18 +140,34 @@ def _step(model: DistilledGenerator, x: torch.Tensor, z: torch.Tensor, cond: tor
     return model.final_sequence(tokens, logits, split)
 
 
-def _with_teacher(model: DistilledGenerator, cond: torch.Tensor, opts: SamplingOptions, rng: Rng,
-                  teacher: TokenGenerator, teacher_start: int, steps: int | None, t_list: Sequence[int] | None,
-                  split: int | None, noise: torch.Tensor | None) -> tuple[torch.Tensor, SamplerStats]:
-    """The official combine procedure (eval_combine_sample.py) for a token-wise teacher."""
-    start = time.perf_counter()
+def _teacher_positions(model: DistilledGenerator, teacher: TokenGenerator | ScaleGenerator) -> str:
+    """The teacher's kind, after checking that its positions are the student's (tokens, or whole scales)."""
     kind = generator_kind(teacher)
-    if kind != "token" or model.num_t != model.seq_len:
-        raise ConfigError(f"teacher-involved sampling runs a token-wise teacher with a token-wise student "
-                          f"(here a {kind!r} teacher); scale-wise teachers are not supported yet")
-    if (teacher.vocab_size, teacher.seq_len) != (model.code_vectors.shape[0], model.seq_len):
-        raise ConfigError(f"the teacher ({teacher.vocab_size} codes, {teacher.seq_len} tokens) does not fit the "
-                          f"student ({model.code_vectors.shape[0]} codes, {model.seq_len} tokens)")
+    if kind == "token":
+        starts = list(range(teacher.seq_len + 1))
+    elif kind == "scale":
+        starts = [0]
+        for pn in teacher.patch_nums:
+            starts.append(starts[-1] + pn * pn)
+    else:
+        raise ConfigError(f"teacher-involved sampling needs a token- or scale-wise teacher, got a {kind!r} one")
+    ours = model.first_noisy(torch.arange(model.num_t, dtype=torch.float32)).tolist() + [model.seq_len]
+    if teacher.vocab_size != model.code_vectors.shape[0] or starts != ours:
+        raise ConfigError(f"the {kind}-wise teacher ({teacher.vocab_size} codes, {teacher.seq_len} tokens) is not "
+                          f"this student's ({model.code_vectors.shape[0]} codes, {model.seq_len} tokens in "
+                          f"{model.num_t} steps)")
+    return kind
+
+
+def _with_teacher(model: DistilledGenerator, cond: torch.Tensor, opts: SamplingOptions, rng: Rng,
+                  teacher: TokenGenerator | ScaleGenerator, teacher_start: int, teacher_prefix: str,
+                  steps: int | None, t_list: Sequence[int] | None, split: int | None,
+                  noise: torch.Tensor | None) -> tuple[torch.Tensor, SamplerStats]:
+    """The official combine procedure (eval_combine_sample.py / combine_sample.py)."""
+    start = time.perf_counter()
+    kind = _teacher_positions(model, teacher)
+    if teacher_prefix not in TEACHER_PREFIXES:
+        raise ConfigError(f"teacher_prefix is one of {', '.join(TEACHER_PREFIXES)}, got {teacher_prefix!r}")
     t0, t1 = step_positions(model, 2 if steps is None and t_list is None else steps, t_list)
     if isinstance(teacher_start, bool) or not isinstance(teacher_start, int) or not 0 <= teacher_start < t1:
         raise ConfigError(f"teacher_start must be an integer in [0, {t1 - 1}] (before t_list[1]), "
@@ -150,17 +175,27 @@ def _with_teacher(model: DistilledGenerator, cond: torch.Tensor, opts: SamplingO
     split = _split(model, split)
     b = cond.shape[0]
     z = _noise(model, b, rng, noise, cond.device)
+    first = model.first_noisy(torch.tensor([float(teacher_start), float(t1)]))
+    n_prefix, n_taught = int(first[0]), int(first[1])
     stats = SamplerStats("dd", b, model.seq_len, guided_rows=2 * b if opts.guided else b)
     prefix = None
     if teacher_start:
-        prefix = model.nearest_codes(_step(model, z, z, cond, t0, split))[:, :teacher_start]
+        prefix = model.nearest_codes(_step(model, z, z, cond, t0, split))[:, :n_prefix]
         stats.forward_passes += 1
-    ids, taught = token_by_token(teacher, cond, opts, lambda i, logits: draw(logits, opts, rng), "dd",
-                                 progress=False, callback=None, callback_every=1, compile=False, prefix=prefix,
-                                 length=t1)
+
+    def pick(i: int, logits: torch.Tensor) -> torch.Tensor:
+        return draw(logits, opts, rng)
+
+    if kind == "token":
+        ids, taught = token_by_token(teacher, cond, opts, pick, "dd", progress=False, callback=None,
+                                     callback_every=1, compile=False, prefix=prefix, length=t1)
+    else:
+        ids, taught = scale_by_scale(teacher, cond, opts, pick, "dd", rng, more_smooth=False, progress=False,
+                                     callback=None, callback_every=1, prefix=prefix, stop=t1,
+                                     prefix_pass=teacher_prefix)
     stats.forward_passes += taught.forward_passes
-    x = torch.cat([model.code_vectors[ids].to(z.dtype), z[:, t1:]], dim=1)
-    if t1 < model.seq_len:
+    x = torch.cat([model.code_vectors[ids].to(z.dtype), z[:, n_taught:]], dim=1)
+    if t1 < model.num_t:
         x = _step(model, x, z, cond, t1, split)
         stats.forward_passes += 1
     stats.wall_time_s = time.perf_counter() - start

@@ -13,6 +13,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from argen.errors import ConfigError
 from argen.generators.protocol import ScaleGenerator
 from argen.samplers.ar import Pick, StepCallback
 from argen.samplers.logits import SamplingOptions, draw, process_logits, split_guided
@@ -43,13 +44,18 @@ def sample_scales(
 
 
 def scale_by_scale(model: ScaleGenerator, cond: torch.Tensor, opts: SamplingOptions, pick: Pick, name: str, rng: Rng,
-                   *, more_smooth: bool, progress: bool, callback: StepCallback | None,
-                   callback_every: int) -> tuple[torch.Tensor, SamplerStats]:
+                   *, more_smooth: bool, progress: bool, callback: StepCallback | None, callback_every: int,
+                   prefix: torch.Tensor | None = None, stop: int | None = None,
+                   prefix_pass: str = "block-causal") -> tuple[torch.Tensor, SamplerStats]:
     """The scale-by-scale loop with a KV cache and CFG; ``pick(si, logits)`` turns scale si's logits into
-    ids (``rng``: more_smooth's Gumbel noise)."""
+    ids (``rng``: more_smooth's Gumbel noise). ``prefix`` (B, n): the given codes of the first scales
+    (whole scales), teacher-forced scale by scale ('block-causal', as in training) or, as the official DD
+    combine sampler does, in one pass where the prefix scales see each other both ways ('unmasked');
+    ``stop``: sample the scales before it only."""
     start = time.perf_counter()
     patch_nums = model.patch_nums
     b, n_scales = cond.shape[0], len(patch_nums)
+    n_run = n_scales if stop is None else stop
     guided = opts.guided
     labels = torch.cat([cond, model.null_condition(b)]) if guided else cond
     extrapolate = opts.cfg_schedule == "var"
@@ -57,10 +63,25 @@ def scale_by_scale(model: ScaleGenerator, cond: torch.Tensor, opts: SamplingOpti
     cnd = model.condition(labels)
     x = model.first_scale_input(cnd)
     stats = SamplerStats(name, b, model.seq_len, guided_rows=labels.shape[0])
-    codes, f_hat = [], None
-    for si in tqdm(range(n_scales), disable=not progress, desc="scales", leave=False):
-        logits = model.step(x, cnd, cache)
-        stats.forward_passes += 1
+    codes, f_hat, k, logits = [], None, 0, None
+    if prefix is not None:
+        codes = _split_prefix(prefix, patch_nums)
+        k = len(codes)
+        inputs = [x]
+        for si, ids in enumerate(codes):
+            f_hat, nxt = model.add_scale(si, f_hat, ids)
+            inputs.append(torch.cat([model.scale_input(nxt, si + 1)] * (2 if guided else 1)))
+        if prefix_pass == "unmasked":
+            logits = model.step(torch.cat(inputs, dim=1), cnd, cache)[:, -patch_nums[k] ** 2 :]
+            stats.forward_passes += 1
+        else:
+            for inp in inputs:
+                logits = model.step(inp, cnd, cache)
+                stats.forward_passes += 1
+    for si in tqdm(range(k, n_run), disable=not progress, desc="scales", leave=False):
+        if logits is None:
+            logits = model.step(x, cnd, cache)
+            stats.forward_passes += 1
         if guided:
             logits = split_guided(logits, opts.scale_at(si, n_scales), extrapolate)
         ids = pick(si, logits)
@@ -79,6 +100,7 @@ def scale_by_scale(model: ScaleGenerator, cond: torch.Tensor, opts: SamplingOpti
             x = model.scale_input(nxt, si + 1)
             if guided:
                 x = torch.cat([x, x])
+        logits = None
         if callback is not None and ((si + 1) % callback_every == 0 or si + 1 == n_scales):
             callback(si + 1, torch.cat(codes, dim=1))
     stats.wall_time_s = time.perf_counter() - start
@@ -86,3 +108,17 @@ def scale_by_scale(model: ScaleGenerator, cond: torch.Tensor, opts: SamplingOpti
     if more_smooth:
         stats.latents = f_hat
     return torch.cat(codes, dim=1), stats
+
+
+def _split_prefix(prefix: torch.Tensor, patch_nums: list[int]) -> list[torch.Tensor]:
+    """Flat codes (B, n) of whole leading scales -> one (B, pn^2) tensor per scale."""
+    sizes, total = [], 0
+    for pn in patch_nums:
+        if total == prefix.shape[1]:
+            break
+        sizes.append(pn * pn)
+        total += pn * pn
+    if total != prefix.shape[1] or len(sizes) == len(patch_nums):
+        raise ConfigError(f"a prefix of {prefix.shape[1]} codes is not a run of whole scales before the last "
+                          f"(scales {patch_nums})")
+    return list(prefix.split(sizes, dim=1))

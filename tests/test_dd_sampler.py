@@ -126,8 +126,57 @@ def test_teacher_involved_runs_of_the_llamagen_student(run, teacher_start, top_k
 def test_teacher_involved_sampling_checks_its_teacher():
     student, _, _ = TINY_PIPELINES["dd-llamagen"]()
     var, _, _ = TINY_PIPELINES["var"]()
-    with pytest.raises(ConfigError, match="token-wise teacher .* a 'scale' teacher"):
+    with pytest.raises(ConfigError, match=r"the scale-wise teacher \(64 codes, 30 tokens\) is not this student's"):
         S.sample(student, [1], sampler="dd", teacher=var)
     teacher, _, _ = TINY_PIPELINES["llamagen"]()
     with pytest.raises(ConfigError, match=r"teacher_start must be an integer in \[0, 4\]"):
         S.sample(student, [1], sampler="dd", teacher=teacher, t_list=[0, 5], teacher_start=5)
+
+
+@pytest.mark.parametrize("run, teacher_start, t_list, top_k, top_p", [
+    ("combine_ts1_sampled", 1, [0, 3], 16, 0.95), ("combine_ts0_greedy", 0, [0, 2], 1, 1.0)])
+def test_teacher_involved_runs_of_the_var_student(run, teacher_start, t_list, top_k, top_p):
+    """combine_sample.py with VAR's teacher (cfg 2 on VAR's ramp, top-k, top-p; draws from a generator seeded
+    12 as the fixture's) and the official unmasked prefix pass: the teacher's ids, the final sequence, the image."""
+    io = fixture_io("dd_var_tiny")
+    student, vae, _ = TINY_PIPELINES["dd-var"]()
+    teacher, _, _ = TINY_PIPELINES["var"]()
+    options = dict(teacher=teacher, teacher_start=teacher_start, t_list=t_list, split=t_list[1], noise=io["noise"],
+                   cfg_scale=2.0, top_k=top_k, top_p=top_p)
+    x, _ = S.sample(student, io["labels"], sampler="dd", teacher_prefix="unmasked",
+                    generator=torch.Generator().manual_seed(12), **options)
+    n_prefix = 1 if teacher_start else 0
+    ids = student.nearest_codes(x)[:, n_prefix : n_prefix + io[f"{run}.teacher.ids"].shape[1]]
+    assert torch.equal(ids, io[f"{run}.teacher.ids"])
+    torch.testing.assert_close(x, io[f"{run}.x_final"], atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(ARPipeline(student, vae).decode(x), io[f"{run}.image"].mul(2).sub(1).clamp(-1, 1),
+                               atol=ATOL, rtol=ATOL)
+
+
+def test_a_block_causal_prefix_is_teacher_forcing():
+    """scale_by_scale with a prefix read block-causally (the default) gives the logits of the ordinary loop
+    whose first scales are forced to the prefix; the official unmasked pass gives other logits."""
+    from argen.samplers.logits import SamplingOptions
+    from argen.samplers.scales import scale_by_scale
+
+    teacher, _, _ = TINY_PIPELINES["var"]()
+    cond = torch.tensor([3, 7])
+    opts = SamplingOptions(cfg_scale=2.0, cfg_schedule="var", greedy=True)
+    prefix = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))  # scales 1x1 and 2x2
+    seen = {}
+
+    def recorder(tag, forced=None):
+        def pick(si, logits):
+            seen.setdefault(tag, []).append(logits)
+            return forced[:, [0, 1, 5][si] : [1, 5][si]] if forced is not None and si < 2 else logits.argmax(-1)
+        return pick
+
+    common = dict(more_smooth=False, progress=False, callback=None, callback_every=1)
+    with torch.no_grad():
+        forced, _ = scale_by_scale(teacher, cond, opts, recorder("forced", prefix), "t", None, **common)
+        causal, _ = scale_by_scale(teacher, cond, opts, recorder("causal"), "t", None, prefix=prefix, **common)
+        unmasked, _ = scale_by_scale(teacher, cond, opts, recorder("unmasked"), "t", None, prefix=prefix,
+                                     prefix_pass="unmasked", **common)
+    assert torch.equal(causal, forced) and torch.equal(causal[:, :5], prefix)
+    torch.testing.assert_close(seen["causal"][0], seen["forced"][2], atol=1e-5, rtol=1e-5)
+    assert (seen["unmasked"][0] - seen["causal"][0]).abs().max() > 1e-3
