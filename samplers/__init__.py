@@ -145,7 +145,10 @@ def sample(
         raise ConfigError(f"unknown option(s) for sampler {sampler!r}: {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(valid))}")
     # the options drive the teacher where a sampler takes one (dd's teacher-involved sampling)
-    conventions = sampler_options.get("teacher", model).sampling_conventions
+    teacher = sampler_options.get("teacher")
+    if teacher is not None:
+        generator_kind(teacher)
+    conventions = (model if teacher is None else teacher).sampling_conventions
     opts = SamplingOptions(
         cfg_scale, cfg_interval, cfg_schedule or conventions.get("cfg_schedule", "constant"), temperature, top_k,
         top_p, greedy, top_p_rule or conventions.get("top_p_rule", "hf"),
