@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from argen.errors import ConfigError
-from argen.generators.distilled import released_t_list
+from argen.generators.distilled import ContinuousHead, released_t_list
 from argen.generators.llamagen import PRESETS as GPT_PRESETS
 from argen.generators.llamagen import LlamaGen, LlamaGenConfig
 from argen.modeling import build_config, register
@@ -71,22 +71,6 @@ class DDLlamaGenConfig(LlamaGenConfig):
         return build_config(cls, PRESETS, name, overrides, "LlamaGen DD student")
 
 
-class FinalLayerConti(nn.Module):
-    """PixArt's final layer: non-affine LayerNorm (eps 1e-6), shift / scale = ``scale_shift_table`` rows 0 / 1
-    plus the condition, then Linear(dim -> out_dim)."""
-
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, out_dim)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, L, dim), cond (B, 1, dim) -> (B, L, out_dim)."""
-        shift, scale = (self.scale_shift_table[None] + cond).chunk(2, dim=1)
-        return self.linear(self.norm_final(x) * (1 + scale) + shift)
-
-
 @register("dd-llamagen")
 class DDLlamaGen(LlamaGen):
     """The LlamaGen DD student (kind "distilled"): ``forward`` is one pass over a noisy sequence; the
@@ -103,7 +87,7 @@ class DDLlamaGen(LlamaGen):
         # the official table keeps the null-class row although the student never drops its class
         self.cls_embedding.embedding_table = nn.Embedding(c.num_classes + 1, c.dim)
         self.n_d_embed = nn.Embedding(2, c.dim)
-        self.final_layer_conti = FinalLayerConti(c.dim, c.codebook_dim)
+        self.final_layer_conti = ContinuousHead(c.dim, c.codebook_dim)
         self.init_buffers()
 
     def init_buffers(self) -> None:
@@ -187,7 +171,7 @@ class DDLlamaGen(LlamaGen):
         h = self.tok_dropout(h + self.n_d_embed(clean.long()))
         h = self._blocks(h, self.rope[: n + 1].unsqueeze(0))
         logits = self.output(self.norm(h[:, 1:])).float()
-        return self.final_layer_conti(h[:, 1:], cond), logits
+        return self.final_layer_conti(h[:, 1:], cond[:, 0]), logits
 
     def first_noisy(self, t: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(t).long()

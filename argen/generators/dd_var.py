@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from argen.errors import ConfigError
-from argen.generators.distilled import released_t_list
+from argen.generators.distilled import ContinuousHead, released_t_list
 from argen.generators.var import VAR, VARConfig
 from argen.modeling import build_config, register
 from argen.nn import Linear
@@ -66,21 +66,6 @@ class DDVARConfig(VARConfig):
     @classmethod
     def preset(cls, name: str | None, **overrides: Any) -> "DDVARConfig":
         return build_config(cls, DD_PRESETS, name, overrides, "VAR-DD")
-
-
-class ContinuousHead(nn.Module):
-    """PixArt-style final layer: linear(LN(h) * (1 + scale) + shift), (shift, scale) = the rows of
-    ``scale_shift_table`` + the class embedding; LayerNorm without affine parameters, eps 1e-6."""
-
-    def __init__(self, c: int, out: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(c, eps=1e-6, elementwise_affine=False)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, c) / c**0.5)
-        self.linear = Linear(c, out)
-
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.scale_shift_table.unsqueeze(0) + emb.unsqueeze(1)).chunk(2, dim=1)
-        return self.linear(self.norm(h) * (1 + scale) + shift)
 
 
 @register("dd-var")

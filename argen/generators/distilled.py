@@ -1,7 +1,29 @@
-"""What the distilled students (LlamaGen-DD, VAR-DD) share beyond their teachers: the released step lists."""
+"""What the distilled students (LlamaGen-DD, VAR-DD) share beyond their teachers: the continuous output
+layer and the released step lists."""
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from argen.errors import ConfigError
+from argen.nn.linear import Linear
+
+
+class ContinuousHead(nn.Module):
+    """The official ``final_layer_conti`` (PixArt's final layer): linear(LN(h) * (1 + scale) + shift), with
+    (shift, scale) = the rows of ``scale_shift_table`` + the class embedding; LayerNorm without affine
+    parameters, eps 1e-6. It gives each position its continuous token next to the teacher's logits."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.linear = Linear(dim, out_dim)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """h (B, L, dim), the class embedding cond (B, dim) -> (B, L, out_dim)."""
+        shift, scale = (self.scale_shift_table.unsqueeze(0) + cond.unsqueeze(1)).chunk(2, dim=1)
+        return self.linear(self.norm(h) * (1 + scale) + shift)
 
 
 def released_t_list(steps: int, two_step_t: int, num_t: int) -> list[int]:
