@@ -255,6 +255,25 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_dd(args: argparse.Namespace) -> int:
+    from argen.train import TrainSettings, train_dd
+
+    settings = TrainSettings(
+        out=args.out, data="pairs", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
+        mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        progress=not args.quiet,
+    )
+    options = {k: v for k, v in dict(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                     temperature=args.temperature).items() if v is not None}
+    options.update(parse_key_values(args.option))
+    out = train_dd(settings, args.teacher, args.pairs, two_step_t=args.two_step_t, split=args.split,
+                   options=options, shard_size=args.shard_size, pair_batch_size=args.pair_batch_size,
+                   ema_decay=args.ema_decay, mse_weight=args.mse_weight, t0_prob=args.t0_prob)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
 def _train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
     p.add_argument("--data", default="shapes", help="'shapes' or an image folder (one sub-folder per class)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, samples, the result)")
@@ -388,6 +407,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="any other argument of the family's model config, e.g. mask_ratio_min=0.5 (MAR); "
                          "an unknown name lists the known ones")
     tg.set_defaults(func=cmd_train_generator)
+    td = tsub.add_parser("dd", help="a distilled-decoding student (1-2 steps) of a LlamaGen or VAR teacher: "
+                                    "(noise, tokens) pairs from the teacher's flow sampler, then training")
+    td.add_argument("--teacher", required=True, help="zoo name or pretrained folder of a token-/scale-wise model")
+    td.add_argument("--pairs", type=int, required=True, help="pairs to make (kept in OUT/pairs; a rerun resumes)")
+    td.add_argument("--out", required=True, help="output folder (pairs, checkpoints, the student pipeline)")
+    td.add_argument("--steps", type=int, default=2000)
+    td.add_argument("--batch-size", type=int, default=32, help="pairs per step and process")
+    td.add_argument("--lr", type=float, default=3e-4)
+    td.add_argument("--weight-decay", type=float, default=0.0)
+    td.add_argument("--warmup-steps", type=int, default=100)
+    td.add_argument("--seed", type=int, default=0, help="the pairs' labels and noise, and the run's draws")
+    td.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+    td.add_argument("--checkpoint-every", type=int, default=500)
+    td.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    td.add_argument("--two-step-t", type=int, help="restart point of a 2-step run (default: LlamaGen 80/256 of "
+                                                   "the tokens, VAR half the scales)")
+    td.add_argument("--split", type=int, help="positions before it snap to the codebook (default: --two-step-t)")
+    td.add_argument("--cfg", type=float, help="teacher's guidance for the pairs (default: the teacher's)")
+    td.add_argument("--top-k", type=int)
+    td.add_argument("--top-p", type=float)
+    td.add_argument("--temperature", type=float)
+    td.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                    help="any other option of the flow sampler, e.g. ode_steps=16")
+    td.add_argument("--shard-size", type=int, default=256, help="pairs per shard file")
+    td.add_argument("--pair-batch-size", type=int, default=32, help="pairs per teacher batch")
+    td.add_argument("--ema-decay", type=float, default=0.999)
+    td.add_argument("--mse-weight", type=float, default=1.0,
+                    help="weight of the continuous tokens' squared error (relative to the codebook's mean norm)")
+    td.add_argument("--t0-prob", type=float, default=0.5,
+                    help="share of samples trained from pure noise (t = 0); the rest restart at a uniform t")
+    td.add_argument("--quiet", "-q", action="store_true")
+    td.set_defaults(func=cmd_train_dd)
 
     b = sub.add_parser("bench", help="samplers against plain AR on one model: passes, tokens/pass, latency (JSON)")
     b.add_argument("--model", "-m", nargs="+",
