@@ -33,7 +33,7 @@ from argen.errors import ConfigError
 from argen.generators.protocol import DistilledGenerator, ScaleGenerator, TokenGenerator, generator_kind
 from argen.samplers.ar import StepCallback, token_by_token
 from argen.samplers.logits import SamplingOptions, draw
-from argen.samplers.rng import Rng, normal
+from argen.samplers.rng import Rng, given_or_normal
 from argen.samplers.scales import scale_by_scale
 from argen.samplers.stats import SamplerStats
 
@@ -69,17 +69,6 @@ def step_positions(model: DistilledGenerator, steps: int | None, t_list: Sequenc
     return t_list
 
 
-def _noise(model: DistilledGenerator, b: int, rng: Rng, noise: torch.Tensor | None,
-           device: torch.device) -> torch.Tensor:
-    shape = (b, model.seq_len, model.token_dim)
-    if noise is None:
-        return normal(shape, rng, device)
-    if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape or not noise.is_floating_point():
-        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ConfigError(f"noise must be a float tensor {shape} (images, tokens, token dim) for this batch, got {got}")
-    return noise.to(device=device, dtype=torch.float32)
-
-
 def sample_dd(
     model: DistilledGenerator,
     cond: torch.Tensor,
@@ -111,7 +100,7 @@ def sample_dd(
     t_list = step_positions(model, steps, t_list)
     split = _split(model, split)
     b = cond.shape[0]
-    z = _noise(model, b, rng, noise, cond.device)
+    z = given_or_normal((b, model.seq_len, model.token_dim), rng, noise, cond.device)
     stats = SamplerStats("dd", b, model.seq_len, guided_rows=b)
     x = z
     for i, t in enumerate(tqdm(t_list, disable=not progress, desc="dd", leave=False)):
@@ -174,7 +163,7 @@ def _with_teacher(model: DistilledGenerator, cond: torch.Tensor, opts: SamplingO
                           f"got {teacher_start!r}")
     split = _split(model, split)
     b = cond.shape[0]
-    z = _noise(model, b, rng, noise, cond.device)
+    z = given_or_normal((b, model.seq_len, model.token_dim), rng, noise, cond.device)
     first = model.first_noisy(torch.tensor([float(teacher_start), float(t1)]))
     n_prefix, n_taught = int(first[0]), int(first[1])
     stats = SamplerStats("dd", b, model.seq_len, guided_rows=2 * b if opts.guided else b)

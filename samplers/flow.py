@@ -26,7 +26,7 @@ from argen.errors import ConfigError
 from argen.generators.protocol import ScaleGenerator, TokenGenerator
 from argen.samplers.ar import StepCallback, token_by_token
 from argen.samplers.logits import SamplingOptions, target_probs
-from argen.samplers.rng import Rng, normal
+from argen.samplers.rng import Rng, given_or_normal
 from argen.samplers.scales import scale_by_scale
 from argen.samplers.stats import SamplerStats
 
@@ -67,16 +67,6 @@ def _check(ode_steps: int) -> None:
         raise ConfigError(f"ode_steps must be an integer >= 1, got {ode_steps!r}")
 
 
-def _noise(model, b: int, rng: Rng, noise: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    shape = (b, model.seq_len, model.code_vectors.shape[1])
-    if noise is None:
-        return normal(shape, rng, device)
-    if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape or not noise.is_floating_point():
-        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ConfigError(f"noise must be a float tensor {shape} (images, tokens, code dim) for this batch, got {got}")
-    return noise.to(device)
-
-
 def sample_flow_tokens(
     model: TokenGenerator,
     cond: torch.Tensor,
@@ -93,7 +83,7 @@ def sample_flow_tokens(
     """Token ids (B, N) as ``ar`` draws them, each the image of its noise vector (``noise`` (B, N, C) in the
     tokenizer's code space, or drawn from the seed) under the flow of its position's distribution."""
     _check(ode_steps)
-    z = _noise(model, cond.shape[0], rng, noise, cond.device)
+    z = given_or_normal((cond.shape[0], model.seq_len, model.code_vectors.shape[1]), rng, noise, cond.device)
     codes = model.code_vectors
 
     def pick(i: int, logits: torch.Tensor) -> torch.Tensor:
@@ -119,7 +109,7 @@ def sample_flow_scales(
     vectors (``noise`` (B, L, Cvae) in the VQ-VAE's code space, or drawn from the seed)."""
     _check(ode_steps)
     b = cond.shape[0]
-    z = _noise(model, b, rng, noise, cond.device)
+    z = given_or_normal((b, model.seq_len, model.code_vectors.shape[1]), rng, noise, cond.device)
     codes = model.code_vectors
     starts = [0]
     for pn in model.patch_nums:

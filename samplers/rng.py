@@ -84,6 +84,19 @@ def normal(shape: Sequence[int], rng: Rng, device: torch.device | str) -> torch.
     return torch.randn(tuple(shape), generator=rng, device=device)
 
 
+def given_or_normal(shape: Sequence[int], rng: Rng, noise: torch.Tensor | None,
+                    device: torch.device | str) -> torch.Tensor:
+    """A sampler's noise: ``noise`` as the caller passed it (checked to be a float tensor of ``shape``), or
+    standard normal draws (:func:`normal`); float32 on ``device``."""
+    shape = tuple(shape)
+    if noise is None:
+        return normal(shape, rng, device)
+    if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape or not noise.is_floating_point():
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ConfigError(f"noise must be a float tensor {shape} (images, tokens, token dim) for this batch, got {got}")
+    return noise.to(device=device, dtype=torch.float32)
+
+
 def exponential_like(t: torch.Tensor, rng: Rng) -> torch.Tensor:
     """Exp(1) draws shaped like ``t`` (Gumbel noise is -log of them); per row with :class:`RowStreams`."""
     if isinstance(rng, RowStreams):
