@@ -3,10 +3,13 @@
     python benchmarks/bench_dd.py [--pairs llamagen var] [--batch 1 8] [--repeats 2]
                                   [--out benchmarks/results/dd.json]
 
-Random weights, official architectures, float32, the CPU's default threads:
+Float32, the CPU's default threads:
 
-* ``llamagen``: DD-LlamaGen-B (1 and 2 passes) vs GPT-B's ``ar`` at 256 tokens, cfg 4, top-k 2000;
-* ``var``: DD-VAR-d16 (1 and 2 passes) vs VAR-d16's ``ar``, cfg 1.5, top-k 900, top-p 0.96 (its FID setting).
+* ``llamagen``: DD-LlamaGen-B (1 and 2 passes) vs GPT-B's ``ar`` at 256 tokens, cfg 4, top-k 2000 (random
+  weights, official architectures);
+* ``var``: DD-VAR-d16 (1 and 2 passes) vs VAR-d16's ``ar``, cfg 1.5, top-k 900, top-p 0.96 (its FID setting);
+* ``shapes-llamagen``, ``shapes-var``: the bundled students vs their bundled teachers (trained weights, the
+  teachers' shipped sampling defaults), plus judged class accuracy and shapes FD of both (500 images each).
 
 Two times per run: token generation alone (``output_type="codes"``: what the sampler costs) and images
 including the tokenizer's decode, which student and teacher both pay once per image. Ratios are
@@ -30,9 +33,13 @@ import torch
 import argen
 
 CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]
+# (teacher, student, the teacher's sampling options: None = its shipped defaults); official architectures
+# with random weights, the bundled pairs with their trained weights (and judged quality)
 PAIRS = {
     "llamagen": ("llamagen-gpt-b", "dd-llamagen-b", {"cfg_scale": 4.0, "top_k": 2000, "top_p": 1.0}),
     "var": ("var-d16", "dd-var-d16", {"cfg_scale": 1.5, "top_k": 900, "top_p": 0.96}),
+    "shapes-llamagen": ("shapes-llamagen", "shapes-llamagen-dd", None),
+    "shapes-var": ("shapes-var", "shapes-var-dd", None),
 }
 
 
@@ -57,13 +64,17 @@ def gflop_per_image(model: torch.nn.Module, rows: int, passes: int) -> float:
 
 def bench_pair(name: str, batches: list[int], repeats: int) -> dict:
     teacher_name, student_name, opts = PAIRS[name]
-    teacher = argen.load(teacher_name, random_weights=True)
-    student = argen.load(student_name, random_weights=True)
-    out = {"teacher": teacher_name, "student": student_name, "teacher_sampling": opts, "results": []}
-    teacher.generate(CLASSES[:1], seed=0, output_type="codes", **opts)  # warm-up
-    student.generate(CLASSES[:1], seed=0, output_type="codes")
+    bundled = opts is None
+    teacher = argen.load(teacher_name, random_weights=not bundled)
+    student = argen.load(student_name, random_weights=not bundled)
+    opts = opts or {}
+    classes = CLASSES if not bundled else list(range(teacher.generator.num_classes))
+    out = {"teacher": teacher_name, "student": student_name, "weights": "trained" if bundled else "random",
+           "teacher_sampling": {**teacher.defaults, **opts}, "results": []}
+    teacher.generate(classes[:1], seed=0, output_type="codes", **opts)  # warm-up
+    student.generate(classes[:1], seed=0, output_type="codes")
     for bs in batches:
-        labels = [CLASSES[i % len(CLASSES)] for i in range(bs)]
+        labels = [classes[i % len(classes)] for i in range(bs)]
         row = {"batch": bs}
         for what, output in (("tokens", "codes"), ("images", "pt")):
             t_ar = _median_time(lambda r: teacher.generate(labels, seed=r, output_type=output, **opts), repeats)
@@ -74,7 +85,7 @@ def bench_pair(name: str, batches: list[int], repeats: int) -> dict:
                 row[f"dd{steps}_{what}_s"] = t_dd
                 row[f"dd{steps}_{what}_speedup"] = t_ar / t_dd
             row[f"teacher_ar_{what}_per_s"] = bs / t_ar
-        rows = 2 if opts["cfg_scale"] > 1.0 else 1  # CFG doubles the teacher's batch
+        rows = 2 if out["teacher_sampling"].get("cfg_scale", 1.0) > 1.0 else 1  # CFG doubles the teacher's batch
         row["teacher_gflop"] = gflop_per_image(teacher.generator, rows, 1)
         row["teacher_gflop_per_s"] = row["teacher_gflop"] * bs / row["teacher_ar_tokens_s"]
         for steps in (1, 2):
@@ -83,7 +94,26 @@ def bench_pair(name: str, batches: list[int], repeats: int) -> dict:
             row[f"dd{steps}_gflop_per_s"] = row[f"dd{steps}_gflop"] * bs / row[f"dd{steps}_tokens_s"]
         out["results"].append(row)
         print(json.dumps({name: row}), flush=True)
+    if bundled:
+        out["quality"] = judged_quality(teacher_name, student_name)
+        print(json.dumps({name: out["quality"]}), flush=True)
     return out
+
+
+def judged_quality(teacher: str, student: str, per_class: int = 50) -> dict:
+    """Judged class accuracy and shapes FD (`argen eval --domain shapes`) of the teacher and of the student at
+    1 and 2 steps; ``accuracy_gap_2step``: teacher minus student at 2 steps, in points (target <= 10)."""
+    from argen.eval.shapes import evaluate_model, load_judge
+
+    judge = load_judge()
+    runs = {"teacher_ar": dict(model=teacher), "dd1": dict(model=student, steps=1),
+            "dd2": dict(model=student, steps=2)}
+    q = {}
+    for k, r in runs.items():
+        e = evaluate_model(**r, per_class=per_class, judge=judge)
+        q[k] = {"accuracy": e["accuracy"], "frechet_distance": e["frechet_distance"], "images": e["images"]}
+    q["accuracy_gap_2step"] = 100 * (q["teacher_ar"]["accuracy"] - q["dd2"]["accuracy"])
+    return q
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ def describe(pipe) -> str:
     n_tok = sum(p.numel() for p in tok.parameters())
     data = (f"argen's synthetic **shapes** set (10 classes: {', '.join(SHAPE_NAMES)}; random foreground and "
             "background colours from a 6-colour palette, random size, position and rotation; anti-aliased)")
+    if gen.kind == "distilled":
+        return distilled_description(pipe)
     if gen.kind == "scale":
         c = gen.config
         return (f"A VAR-style class-conditional next-scale transformer ({n_gen / 1e6:.2f}M parameters, "
@@ -47,6 +49,52 @@ def describe(pipe) -> str:
             "downsample "
             f"{tok.downsample}, {tok.codebook_size} codes; {pipe.image_size}x{pipe.image_size} images -> {g[0]}x{g[1]} "
             f"tokens), both trained from scratch on {data}.")
+
+
+def distilled_description(pipe) -> str:
+    """The first paragraph of a distilled student's card."""
+    gen = pipe.generator
+    n_gen = sum(p.numel() for p in gen.parameters())
+    scale = gen.registry_name == "dd-var"
+    teacher_passes = len(gen.config.patch_nums) if scale else gen.seq_len
+    return (f"A Distilled Decoding student (DD1, arXiv 2412.17153) of the bundled {'VAR' if scale else 'LlamaGen'}-"
+            f"style teacher ({n_gen / 1e6:.2f}M parameters: the teacher's network plus the noise/data embeddings and a "
+            f"continuous output layer). It maps one Gaussian noise vector per token to all {gen.seq_len} tokens in "
+            f"one pass, or in two (restarting at position {gen.default_t_list(2)[1]}), where its teacher takes "
+            f"{teacher_passes} passes. Trained here on (noise, tokens) pairs from the teacher's exact noise -> token "
+            "flow sampler (`argen train dd`); the tokenizer is the teacher's.")
+
+
+def distilled_quality(dest: Path, teacher: str, judge: str | None) -> dict[str, dict]:
+    """Judged class accuracy and shapes FD (`argen eval --domain shapes`, 50 per class, seed 0) of the
+    student at 1 and 2 steps and of its teacher with its own defaults."""
+    from argen.eval.shapes import evaluate_model, load_judge
+
+    j = load_judge(judge)
+    runs = {"teacher (ar)": dict(model=teacher), "student, 1 step": dict(model=str(dest), steps=1),
+            "student, 2 steps": dict(model=str(dest), steps=2)}
+    return {k: {x: v for x, v in evaluate_model(**r, judge=j).items() if x != "protocol"} for k, r in runs.items()}
+
+
+def distilled_section(dest: Path, quality: dict[str, dict], run: dict) -> str:
+    """The card's distillation table: pairs, and the quality rows."""
+    rows = "\n".join(f"| {k} | {q['accuracy']:.1%} | {q['frechet_distance']:.2f} | "
+                      f"{q['images'] / max(q['generation_s'], 1e-9):.1f} |" for k, q in quality.items())
+    return f"""## Distillation
+
+{run['pairs']} pairs from `{run['teacher']}` (its flow sampler with {json.dumps(run['pair_options'])}; \
+{run['pairs_time_s'] / 60:.1f} min), then {run['steps']} steps of batch {run['settings']['batch_size']} \
+(restart point t = 0 for {run['t0_prob']:.0%} of the samples, else uniform; cross-entropy + {run['mse_weight']} x the \
+normalised squared error of the continuous tokens; {run['train_time_s'] / 60:.1f} min). 2-step runs restart at \
+position {run['two_step_t']}.
+
+| sampler | judged class accuracy | shapes FD | images/s (batch 50, this CPU) |
+|---|---|---|---|
+{rows}
+
+(`argen eval --domain shapes --model {dest.name} -o steps=2`; the teacher's row: \
+`argen eval --domain shapes --model {run['teacher']}`; 500 images each, seed 0.)
+"""
 
 
 def code_stats(recon: dict) -> str:
@@ -88,6 +136,15 @@ def stages(run: Path, part: str) -> list[dict]:
     raise SystemExit(f"{run}: no train.json or training.json to describe its training")
 
 
+def data_line(training: dict[str, list[dict]], distilled: bool) -> str:
+    """The card's sentence on what the generator was trained on."""
+    if distilled:
+        return ("Data: the tokenizer is the teacher's (its rows above); the student's are (noise, tokens) pairs, "
+                "pair i a function of (teacher, seed, i) only (see Distillation below).")
+    return ('Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index); '
+            f"{augmentation(training)}.")
+
+
 def rows(parts: dict[str, list[dict]]) -> str:
     return "\n".join(
         f"| {s['stage']} | {s['steps']} | {s['batch_size']} | {s['seed']} | "
@@ -119,7 +176,11 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
     pipe.name = dest.name
     pipe.save_pretrained(dest, generator_dtype=torch.float16)  # under 20 MB; loaded back as float32
     pipe = argen.load(dest)  # the card describes what ships
-    grid = pipe.generate([c for c in range(10) for _ in range(4)], seed=0)
+    distilled = pipe.generator.kind == "distilled"
+    grid_classes = [c for c in range(10) for _ in range(4)]
+    if distilled:  # the card's grid at 2 steps, a second one at 1 step
+        make_grid(pipe.generate(grid_classes, seed=0, steps=1), ncols=8).save(dest / "samples_1step.png")
+    grid = pipe.generate(grid_classes, seed=0, **({"steps": 2} if distilled else {}))
     make_grid(grid, ncols=8).save(dest / "samples.png")
     quality = json.loads(subprocess.run(
         [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest), "--per-class", "20",
@@ -133,8 +194,15 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
     default = dest.name == "shapes-llamagen"
     usage = ("argen generate                      # 10 classes, a grid PNG\n"
              "argen generate --classes star heart -n 8 --seed 1") if default else (
-             f"argen generate --model {dest.name}                # 10 classes, a grid PNG\n"
+             f"argen generate --model {dest.name}{' --steps 2' if distilled else ''}        # 10 classes, a grid PNG\n"
              f"argen generate --model {dest.name} --classes star heart -n 8 --seed 1")
+    if distilled:
+        run = json.loads((gen_run / "train.json").read_text())
+        dd_quality = distilled_quality(dest, run["teacher"], judge)
+        dd_text = distilled_section(dest, dd_quality, run) + "\n"
+        (dest / "distillation.json").write_text(json.dumps({"run": run, "quality": dd_quality}, indent=2))
+    else:
+        dd_text = ""
     card = f"""# {dest.name}: {"argen's bundled default model" if default else "a bundled argen model"}
 
 {describe(pipe)} It exists so that argen works offline, at once, on a CPU.
@@ -149,8 +217,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
 |---|---|---|---|---|---|
 {rows(training)}
 
-Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index); \
-{augmentation(training)}. The generator
+{data_line(training, distilled)} The generator
 weights are the EMA (decay {training["generator"][-1]["ema_decay"]}), stored in float16 (argen loads them as \
 float32). The exact commands (`{script}`):
 
@@ -178,7 +245,7 @@ The tokenizer's ceiling (400 held-out shapes encoded and decoded): reconstructio
 reconstructions{code_stats(recon)}
 (`python benchmarks/shapes_quality.py --model assets/{dest.name}/tokenizer --reconstruct 400`).
 
-![samples (4 per class, seed 0)](samples.png)
+{dd_text}![samples (4 per class, seed 0{', 2 steps; samples_1step.png: 1 step' if distilled else ''})](samples.png)
 """
     (dest / "README.md").write_text(card + kept)
     (dest / "training.json").write_text(json.dumps(training, indent=2))

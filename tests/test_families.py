@@ -207,3 +207,26 @@ def test_a_family_whose_generator_breaks_its_protocol_is_refused(toy):
     with pytest.raises(ConfigError, match="unknown tokenizer kind 'bits'"):
         register_family(dataclasses.replace(toy, name="broken", tokenizer_kind="bits"))
     assert "broken" not in [f.name for f in families()]
+
+
+def test_a_student_family_is_found_by_its_teacher(toy, vq_dir):
+    """`argen train dd` finds a teacher's student family through the registry (``distils``): a toy family
+    gets a student by registering one, and a half-declared student family is refused."""
+    from argen.train.dd import student_from_teacher
+
+    tok = load_tokenizer(vq_dir)
+    teacher = ToyGen(LlamaGenConfig(**{**TOY_ARGS, "vocab_size": tok.codebook_size}))
+    teacher.init_weights()
+    teacher.bind_tokenizer(tok)
+    with pytest.raises(ConfigError, match="no distilled-decoding student for a toy teacher .*llamagen, var"):
+        student_from_teacher(teacher, tok)
+    dd = get_family("dd-llamagen")
+    with pytest.raises(ConfigError, match="sets both distils and from_teacher"):
+        register_family(dataclasses.replace(dd, name="toy-dd", from_teacher=None, distils="toy"))
+    register_family(dataclasses.replace(dd, name="toy-dd", distils="toy"))
+    try:
+        student, _ = student_from_teacher(teacher, tok, two_step_t=3)
+        assert type(student) is dd.generator_class and student.default_t_list(2) == [0, 3]
+        assert torch.equal(student.layers[0].attention.wqkv.weight, teacher.layers[0].attention.wqkv.weight)
+    finally:
+        unregister_family("toy-dd")

@@ -27,7 +27,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="shapes: generate with this bundled model or folder instead of reading SAMPLES")
     p.add_argument("--per-class", type=int, default=50, help="shapes --model: images per class")
     p.add_argument("--seed", type=int, default=0, help="shapes --model: sampling seed")
-    p.add_argument("--sampler", default="ar", help="shapes --model: sampler")
+    p.add_argument("--sampler", help="shapes --model: sampler (default: the model's own, ar; dd for students)")
     p.add_argument("--option", "-o", action="append", default=[], help="shapes --model: sampling option key=value")
     p.add_argument("--out", help="JSON path (default: SAMPLES.eval.json beside the samples, else argen_eval.json)")
     p.add_argument("--inception-weights", help="FID Inception weights file (else $ARGEN_INCEPTION_WEIGHTS, the "

@@ -164,11 +164,13 @@ class ShapesJudge:
                 "frechet_distance": frechet_distance(mu, sigma, self.mu, self.sigma), "images": int(len(labels))}
 
 
-def evaluate_model(model: str, *, per_class: int = 50, seed: int = 0, sampler: str = "ar", batch_size: int = 50,
+def evaluate_model(model: str, *, per_class: int = 50, seed: int = 0, sampler: str | None = None, batch_size: int = 50,
                    judge: ShapesJudge | None = None, progress: bool = False, **options) -> dict:
     """Generate ``per_class`` images of every shape with ``model`` (a bundled name or a folder) and
-    score them; the result records the sampling settings and the judge's own numbers."""
+    score them; the result records the sampling settings and the judge's own numbers. ``sampler``:
+    default, the first that drives the model (:func:`argen.samplers.default_sampler`)."""
     import argen
+    from argen.samplers import default_sampler
 
     if per_class < 1:
         raise ConfigError(f"per_class must be >= 1, got {per_class}")
@@ -178,6 +180,7 @@ def evaluate_model(model: str, *, per_class: int = 50, seed: int = 0, sampler: s
     if n != len(SHAPE_NAMES):
         raise ConfigError(f"{model} has {n} classes; the shapes score is for models of the {len(SHAPE_NAMES)} shapes")
     classes = [c for c in range(len(SHAPE_NAMES)) for _ in range(per_class)]
+    sampler = sampler or default_sampler(pipe.generator)
     t0 = time.time()
     images = pipe.generate(classes, seed=seed, sampler=sampler, output_type="pt", batch_size=batch_size,
                            progress=progress, **options)

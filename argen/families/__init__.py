@@ -18,6 +18,7 @@ from argen.families.registry import (
     family_of,
     get_family,
     register_family,
+    student_family,
     unregister_family,
 )
 
@@ -26,4 +27,4 @@ for _family in (llamagen.FAMILY, var.FAMILY, mar.FAMILY, flowar.FAMILY, dd.DD_LL
     register_family(_family)
 
 __all__ = ["Arg", "Family", "arg", "families", "family_for_tokenizer", "family_of", "get_family", "register_family",
-           "unregister_family"]
+           "student_family", "unregister_family"]

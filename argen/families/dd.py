@@ -6,19 +6,25 @@ code space, and the tokenizer decodes the student's continuous tokens as they ar
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
+from torch import nn
 
 from argen.convert.dd_llamagen import load_dd_llamagen
 from argen.convert.dd_var import load_dd_var
 from argen.convert.llamagen import load_vq
 from argen.convert.var import load_var_vae
+from argen.errors import ConfigError
 from argen.families.llamagen import random_on_vq
 from argen.families.registry import Family, arg, official_args, official_values
 from argen.families.var import random_on_msvq
-from argen.generators.dd_llamagen import DDLlamaGen
-from argen.generators.dd_var import DDVAR, decode_scale_tokens
+from argen.generators.dd_llamagen import DDLlamaGen, DDLlamaGenConfig
+from argen.generators.dd_var import DDVAR, DDVARConfig, decode_scale_tokens
+from argen.generators.distilled import init_from_teacher
+from argen.generators.llamagen import LlamaGen
+from argen.generators.var import VAR
 from argen.tokenizers.msvq import MultiScaleVQVAE
 from argen.tokenizers.vq import VQTokenizer
 
@@ -31,6 +37,20 @@ def bind(generator: Any, tok: Any) -> None:
 def decoded_preview(pipe: Any, codes: torch.Tensor) -> torch.Tensor:
     """The sequence after each step, decoded (a step is a whole image)."""
     return pipe.decode(codes)
+
+
+def student_config(config_class: type, teacher: Any, **extra: Any) -> Any:
+    """The student's config: the teacher's dimensions (every field the two share), then ``extra``."""
+    names = {f.name for f in fields(config_class)}
+    return config_class(**{k: v for k, v in {**asdict(teacher.config), **extra}.items() if k in names})
+
+
+def restart_point(two_step_t: int | None, default: int, positions: int, unit: str) -> int:
+    """A 2-step run's restart point: ``two_step_t`` or the default, inside 1 .. positions - 1."""
+    t2 = default if two_step_t is None else two_step_t
+    if not 0 < t2 < positions:
+        raise ConfigError(f"--two-step-t must lie in 1..{positions - 1} ({unit}), got {t2}")
+    return t2
 
 
 # -- LlamaGen-DD -----------------------------------------------------------------------------------------
@@ -63,6 +83,38 @@ def convert_llamagen(args: argparse.Namespace) -> tuple[DDLlamaGen, VQTokenizer,
     return gen, tok, {}
 
 
+def fit_code_embedding(codes: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Least squares W, b with W c_i + b ~ table[i] -> (W (dim, C), b (dim,), R^2 of the fit)."""
+    a = torch.cat([codes, torch.ones(len(codes), 1)], dim=1).double()
+    sol = torch.linalg.lstsq(a, table.double()).solution  # (C + 1, dim)
+    resid = (a @ sol - table.double()).square().sum()
+    r2 = 1.0 - float(resid / (table.double() - table.double().mean(0)).square().sum().clamp_min(1e-30))
+    return sol[:-1].T.float().contiguous(), sol[-1].float().contiguous(), round(r2, 6)
+
+
+def llamagen_student(teacher: LlamaGen, *, two_step_t: int | None = None,
+                     split: int | None = None) -> tuple[DDLlamaGen, dict[str, float]]:
+    """The LlamaGen-DD student of ``teacher`` (same dims, no dropout), initialised from it -> (student, report).
+    Default restart point: 80/256 of the tokens, as released. ``tok_embeddings`` becomes Linear(C -> dim),
+    fitted by least squares to map each code vector to the teacher's embedding row of that code (the
+    report's ``tok_embed_r2``); a teacher without a null class gets a zero null-class row."""
+    n = teacher.config.block_size
+    t2 = restart_point(two_step_t, max(1, min(n - 1, round(n * 80 / 256))), n, "tokens")
+    student = DDLlamaGen(student_config(
+        DDLlamaGenConfig, teacher, token_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
+        drop_path_rate=0.0, class_dropout_prob=0.0, codebook_dim=int(teacher.code_vectors.shape[1]),
+        two_step_t=t2, split_t=t2 if split is None else split))
+    table = teacher.tok_embeddings.weight.detach().float().cpu()
+    w, b, r2 = fit_code_embedding(teacher.code_vectors.detach().float().cpu(), table)
+    derived = {"tok_embeddings.weight": w, "tok_embeddings.bias": b}
+    key = "cls_embedding.embedding_table.weight"
+    rows, have = student.state_dict()[key].shape[0], teacher.state_dict()[key]
+    if have.shape[0] < rows:
+        derived[key] = torch.cat([have.detach().float().cpu(), torch.zeros(rows - have.shape[0], have.shape[1])])
+    init_from_teacher(student, teacher, derived)
+    return student, {"tok_embed_r2": r2}
+
+
 DD_LLAMAGEN = Family(
     name="dd-llamagen",
     generator_class=DDLlamaGen,
@@ -75,6 +127,8 @@ DD_LLAMAGEN = Family(
     bind=bind,
     decode=decode_token_vectors,
     preview=decoded_preview,
+    distils="llamagen",
+    from_teacher=llamagen_student,
 )
 
 
@@ -106,6 +160,26 @@ def convert_var(args: argparse.Namespace) -> tuple[DDVAR, MultiScaleVQVAE, dict[
     return gen, vae, {}
 
 
+def var_student(teacher: VAR, *, two_step_t: int | None = None,
+                split: int | None = None) -> tuple[DDVAR, dict[str, float]]:
+    """The VAR-DD student of ``teacher`` (same dims, no dropout), initialised from it -> (student, report).
+    Default restart point: half of the scales. The position and level tables grow by the start scale:
+    row 0 (the start token) and rows 1.. (token j at the teacher's slot that predicts token j) are the
+    teacher's rows 0 and 0.. (the official ``init_with_teacher`` leaves row 1 random). The layer-wise noise
+    embeddings are drawn small, not zero, so that their gradients are not zero once ``n_d_embed`` moves."""
+    n = len(teacher.config.patch_nums)
+    t2 = restart_point(two_step_t, max(1, n // 2), n, "scales")
+    student = DDVAR(student_config(DDVARConfig, teacher, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
+                                   two_step_t=t2, loss_split_t=t2 if split is None else split))
+    pos, lvl = teacher.pos_1LC.detach().float().cpu()[0], teacher.lvl_embed.weight.detach().float().cpu()
+    init_from_teacher(student, teacher, {"pos_1LC": torch.cat([pos[:1], pos])[None],
+                                         "lvl_embed.weight": torch.cat([lvl[:1], lvl])})
+    with torch.no_grad():
+        for layer in student.layerwise_n_d_embed:
+            nn.init.normal_(layer.weight, std=0.02)
+    return student, {}
+
+
 DD_VAR = Family(
     name="dd-var",
     generator_class=DDVAR,
@@ -118,4 +192,6 @@ DD_VAR = Family(
     bind=bind,
     decode=decode_scales,
     preview=decoded_preview,
+    distils="var",
+    from_teacher=var_student,
 )

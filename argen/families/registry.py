@@ -137,6 +137,10 @@ class Family:
     decode: Callable[[Any, Any, torch.Tensor], torch.Tensor] = decode_token_grid
     # live previews: (pipeline, the codes a sampler's callback reports so far) -> images, None = no cheap preview
     preview: Callable[[Any, torch.Tensor], torch.Tensor | None] | None = token_preview
+    # a distilled-decoding student family: the name of the teacher family it distils, and (teacher, *,
+    # two_step_t, split) -> (the student, initialised from the teacher, unbound; an init report)
+    distils: str | None = None
+    from_teacher: Callable[..., tuple[Any, dict[str, float]]] | None = None
 
     @property
     def config_class(self) -> type:
@@ -174,6 +178,8 @@ def register_family(family: Family) -> Family:
     kind's protocol, :mod:`argen.generators.protocol`, and its tokenizer kind be a known one)."""
     check_generator_class(family.generator_class)
     tokenizer_protocol(family.tokenizer_kind)
+    if (family.distils is None) != (family.from_teacher is None):
+        raise ConfigError(f"family {family.name!r}: a student family sets both distils and from_teacher")
     if family.name in _FAMILIES:
         raise ConfigError(f"a generator family named {family.name!r} is already registered")
     _FAMILIES[family.name] = family
@@ -207,6 +213,17 @@ def family_of(generator: Any) -> Family:
             return by_class[cls]
     raise ConfigError(f"{type(generator).__name__} belongs to no registered generator family "
                       f"(known: {', '.join(_FAMILIES)}); register one with argen.families.register_family")
+
+
+def student_family(teacher: Any) -> Family:
+    """The distilled-decoding family whose students a teacher generator instance gets (``distils`` its family)."""
+    name = family_of(teacher).name
+    for f in _FAMILIES.values():
+        if f.distils == name:
+            return f
+    known = ", ".join(f.distils for f in _FAMILIES.values() if f.distils)
+    raise ConfigError(f"no distilled-decoding student for a {name} teacher ({type(teacher).__name__}); "
+                      f"families with students: {known}")
 
 
 def family_for_tokenizer(kind: str) -> Family:

@@ -37,3 +37,24 @@ def released_t_list(steps: int, two_step_t: int, num_t: int) -> list[int]:
                               "set it in the config or pass a t_list")
         return [0, two_step_t]
     raise ConfigError(f"the released DD settings are for 1 or 2 steps, got {steps}; pass a t_list instead")
+
+
+# a student's parts its teacher lacks: zero at the start, so that they add nothing to the teacher's network
+NEW_PARTS = ("n_d_embed.", "final_layer_conti.", "layerwise_n_d_embed.")
+
+
+@torch.no_grad()
+def init_from_teacher(student: nn.Module, teacher: nn.Module, derived: dict[str, torch.Tensor]) -> None:
+    """Load ``student`` from ``teacher``: every teacher tensor of the same name and shape, the student's new
+    parts (:data:`NEW_PARTS`) at zero, and ``derived``, the tensors its family computes from the teacher
+    (grown tables, a fitted embedding). ConfigError naming any trained tensor left without a value."""
+    src = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
+    state = student.state_dict()
+    params = {k for k, _ in student.named_parameters()}
+    new = {k: torch.zeros_like(v) for k, v in state.items() if k.startswith(NEW_PARTS)}
+    new.update({k: src[k] for k, v in state.items() if k not in new and k in src and src[k].shape == v.shape})
+    new.update(derived)
+    missing = sorted(k for k in params if k not in new)
+    if missing:
+        raise ConfigError(f"cannot initialise {', '.join(missing)} of the student from the teacher")
+    student.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in new.items()}})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from argen.errors import ConfigError
-from argen.generators.dd_llamagen import DDLlamaGen, DDLlamaGenConfig
-from argen.generators.dd_var import DDVAR, DDVARConfig
-from argen.generators.llamagen import LlamaGen
-from argen.generators.var import VAR
+from argen.families import student_family
 from argen.images import make_grid
 from argen.pipeline import ARPipeline
 from argen.train.dd_pairs import PairsDataset, check_teacher, make_pairs
@@ -52,90 +49,21 @@ from argen.train.loop import (
     train_time,
 )
 
-# the student's parts the teacher lacks: zero, so that they add nothing at the start
-NEW_PARTS = ("n_d_embed.", "final_layer_conti.", "layerwise_n_d_embed.")
-
-
-def _config(cls: type, base: dict[str, Any], **extra: Any) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in {**base, **extra}.items() if k in names})
-
 
 def student_from_teacher(teacher: nn.Module, tokenizer: Any, *, two_step_t: int | None = None,
                          split: int | None = None) -> tuple[nn.Module, dict[str, float]]:
-    """The DD student of ``teacher`` (LlamaGen -> :class:`DDLlamaGen`, VAR -> :class:`DDVAR`, same dims,
-    no dropout), initialised from it and bound to its tokenizer -> (student, init report).
+    """The DD student of ``teacher`` (its family's student family, :func:`argen.families.student_family`:
+    LlamaGen -> :class:`DDLlamaGen`, VAR -> :class:`DDVAR`; same dims, no dropout), initialised from it and
+    bound to its tokenizer -> (student, init report).
 
     ``two_step_t``: the restart point of a 2-step run (default: 80/256 of LlamaGen's tokens as released,
-    half of VAR's scales); ``split``: positions before it are snapped to the codebook (default two_step_t).
-    Every teacher key of the same shape is copied. VAR's position and level tables grow by the start
-    scale: row 0 (the start token) and rows 1.. (token j at the teacher's slot that predicts token j)
-    are the teacher's rows 0 and 0.. (the official ``init_with_teacher`` leaves row 1 random).
-    LlamaGen's ``tok_embeddings`` becomes Linear(C -> dim): fitted by least squares so that it maps each
-    code vector to the teacher's embedding row of that code (the report's ``tok_embed_r2``)."""
-    base = asdict(teacher.config)
-    if isinstance(teacher, LlamaGen) and teacher.kind == "token":
-        n = teacher.config.block_size
-        t2 = max(1, min(n - 1, round(n * 80 / 256))) if two_step_t is None else two_step_t
-        if not 0 < t2 < n:
-            raise ConfigError(f"--two-step-t must lie in 1..{n - 1} (tokens), got {t2}")
-        student = DDLlamaGen(_config(DDLlamaGenConfig, base, token_dropout_p=0.0, attn_dropout_p=0.0,
-                                     resid_dropout_p=0.0, ffn_dropout_p=0.0, drop_path_rate=0.0,
-                                     class_dropout_prob=0.0, codebook_dim=int(teacher.code_vectors.shape[1]),
-                                     two_step_t=t2, split_t=t2 if split is None else split))
-    elif isinstance(teacher, VAR) and teacher.kind == "scale":
-        n = len(teacher.config.patch_nums)
-        t2 = max(1, n // 2) if two_step_t is None else two_step_t
-        student = DDVAR(_config(DDVARConfig, base, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-                                two_step_t=t2, loss_split_t=t2 if split is None else split))
-    else:
-        raise ConfigError(f"no distilled-decoding student for a {type(teacher).__name__} teacher: "
-                          "LlamaGen (token-wise) and VAR (scale-wise) ones only")
-    report = _init_from_teacher(student, teacher)
+    half of VAR's scales); ``split``: positions before it are snapped to the codebook (default two_step_t)."""
+    student, report = student_family(teacher).from_teacher(teacher, two_step_t=two_step_t, split=split)
     student.bind_tokenizer(tokenizer)
     if not torch.allclose(student.code_vectors.float().cpu(), teacher.code_vectors.float().cpu(), atol=1e-6):
         raise ConfigError("the student's codebook differs from the space the teacher's flow maps noise into "
                           "(e.g. a VQ without l2-normalised codes for LlamaGen-DD)")
     return student, report
-
-
-@torch.no_grad()
-def _init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, float]:
-    src = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
-    state = student.state_dict()
-    new, report = {}, {}
-    for k, v in state.items():
-        if k.startswith(NEW_PARTS):
-            new[k] = torch.zeros_like(v)
-        elif k in src and src[k].shape == v.shape:
-            new[k] = src[k]
-        elif k in ("pos_1LC", "lvl_embed.weight"):  # VAR: the start scale's row, then the teacher's rows
-            s = src[k] if k == "lvl_embed.weight" else src[k][0]
-            grown = torch.cat([s[:1], s])
-            new[k] = grown if k == "lvl_embed.weight" else grown[None]
-        elif k == "cls_embedding.embedding_table.weight":  # a teacher without a null class: that row is zero
-            new[k] = torch.cat([src[k], torch.zeros(v.shape[0] - src[k].shape[0], v.shape[1])])
-    if isinstance(student, DDLlamaGen):
-        new["tok_embeddings.weight"], new["tok_embeddings.bias"], report["tok_embed_r2"] = _fit_embedding(
-            teacher.code_vectors.detach().float().cpu(), src["tok_embeddings.weight"])
-    missing = [k for k, v in state.items() if k not in new and v.is_floating_point()
-               and k not in ("attn_bias_for_masking",)]
-    if missing:
-        raise ConfigError(f"cannot initialise {', '.join(missing)} of the student from the teacher")
-    student.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in new.items()}})
-    if isinstance(student, DDVAR):  # scaled so that their gradients are not zero once n_d_embed moves
-        for layer in student.layerwise_n_d_embed:
-            nn.init.normal_(layer.weight, std=0.02)
-    return report
-
-
-def _fit_embedding(codes: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Least squares W, b with W c_i + b ~ table[i] -> (W (dim, C), b (dim,), R^2 of the fit)."""
-    a = torch.cat([codes, torch.ones(len(codes), 1)], dim=1).double()
-    sol = torch.linalg.lstsq(a, table.double()).solution  # (C + 1, dim)
-    resid = (a @ sol - table.double()).square().sum()
-    r2 = 1.0 - float(resid / (table.double() - table.double().mean(0)).square().sum().clamp_min(1e-30))
-    return sol[:-1].T.float().contiguous(), sol[-1].float().contiguous(), round(r2, 6)
 
 
 def draw_t(student: nn.Module, batch: int, t0_prob: float, device: torch.device | str = "cpu") -> torch.Tensor:
