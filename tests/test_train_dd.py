@@ -62,6 +62,20 @@ def test_pairs_depend_on_the_index_only(family, tmp_path):
     make_pairs(pipe, tmp_path / "b", 9, seed=3, shard_size=4, batch_size=4, progress=False)
     c = PairsDataset(tmp_path / "b")
     assert len(c) == 9 and torch.equal(c.ids[:6], a.ids)
+    # a shorter one reads the first rows of the longer shards and remakes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / PAIRS_DIR).glob("*.safetensors")}
+    make_pairs(pipe, tmp_path / "b", 5, seed=3, shard_size=4, batch_size=4, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    d = PairsDataset(tmp_path / "b", 5)
+    assert len(d) == 5 and len(PairsDataset(tmp_path / "b")) == 9 and torch.equal(d.ids, a.ids[:5])
+    # items are read from the shards one by one, as the tensors of the whole set hold them
+    for i in (0, 3, 4, 8):
+        noise, ids, label = c[i]
+        assert torch.equal(noise, c.noise[i].float()) and torch.equal(ids, c.ids[i].long()) and label == c.labels[i]
+    with pytest.raises(IndexError):
+        c[9]
+    with pytest.raises(ConfigError, match="holds 9 pairs, 10 asked for"):
+        PairsDataset(tmp_path / "b", 10)
 
 
 def test_pairs_resume_and_refuse_another_layout(llamagen, tmp_path):

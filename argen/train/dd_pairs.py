@@ -85,8 +85,9 @@ def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
 
 
 def _shard_ok(path: Path, meta: dict[str, Any], start: int, count: int) -> bool:
-    """A finished shard of this layout (a short last shard of a smaller request is not finished). A shard
-    of another teacher or seed is a ConfigError."""
+    """A finished shard of this layout holding at least ``count`` pairs (pair i depends on i alone, so the
+    first rows of a longer last shard are the pairs of a shorter request; a short last shard of a smaller
+    request is not finished for a larger one). A shard of another teacher or seed is a ConfigError."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -95,7 +96,7 @@ def _shard_ok(path: Path, meta: dict[str, Any], start: int, count: int) -> bool:
         info = f.metadata() or {}
     if info.get("teacher_id") != meta["teacher_id"] or info.get("seed") != str(meta["seed"]):
         raise ConfigError(f"pairs shard {path} was made by another teacher or seed: delete it or use another --out")
-    return info.get("start") == str(start) and info.get("count") == str(count)
+    return info.get("start") == str(start) and int(info.get("count", -1)) >= count
 
 
 def make_pairs(
@@ -141,6 +142,11 @@ def make_pairs(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     if accelerator:
         accelerator.wait_for_everyone()
+    meta_path = folder / PAIRS_DIR / META_NAME
+    if meta_path.is_file():  # the folder holds the most pairs ever made in it
+        meta["pairs"] = max(count, json.loads(meta_path.read_text())["pairs"])
+    if accelerator:
+        accelerator.wait_for_everyone()
     if rank == 0:
         (folder / PAIRS_DIR).mkdir(parents=True, exist_ok=True)
         (folder / PAIRS_DIR / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
@@ -171,28 +177,65 @@ def make_pairs(
 
 
 class PairsDataset(Dataset):
-    """The first ``count`` pairs of a folder, in memory: item i -> (noise float32 (N, C), ids int64 (N,), label)."""
+    """The first ``count`` pairs of a folder: item i -> (noise float32 (N, C), ids int64 (N,), label).
+
+    Items are read from the memory-mapped shards as they are asked for (1.2M VAR-d16 pairs are 53 GB of
+    noise: more than a training machine's memory), one open file per shard; ``noise``, ``ids`` and
+    ``labels`` give the whole set as tensors (small sets, tests)."""
+
+    FIELDS = ("noise", "ids", "labels")
 
     def __init__(self, folder: str | os.PathLike, count: int | None = None) -> None:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         path = folder / PAIRS_DIR / META_NAME
         if not path.is_file():
             raise ConfigError(f"no pairs in {folder / PAIRS_DIR} (no {META_NAME})")
         self.meta = json.loads(path.read_text())
-        count = self.meta["pairs"] if count is None else count
-        parts = {"noise": [], "ids": [], "labels": []}
-        for s in range(0, count, self.meta["shard_size"]):
-            n = min(self.meta["shard_size"], count - s)
+        self.count = self.meta["pairs"] if count is None else count
+        if not 0 <= self.count <= self.meta["pairs"]:
+            raise ConfigError(f"{folder / PAIRS_DIR} holds {self.meta['pairs']} pairs, {self.count} asked for")
+        self.shards = []
+        for s in range(0, self.count, self.meta["shard_size"]):
+            n = min(self.meta["shard_size"], self.count - s)
             if not _shard_ok(_shard(folder, s), self.meta, s, n):
                 raise ConfigError(f"pairs shard {_shard(folder, s)} is missing or incomplete: rerun to make it")
-            for k, v in load_file(str(_shard(folder, s))).items():
-                parts[k].append(v)
-        self.noise, self.ids, self.labels = (torch.cat(parts[k]) for k in ("noise", "ids", "labels"))
+            self.shards.append(str(_shard(folder, s)))
+        self._open: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own files
+        return {**self.__dict__, "_open": {}}
+
+    def _file(self, shard: int) -> Any:
+        from safetensors import safe_open
+
+        if shard not in self._open:
+            self._open[shard] = safe_open(self.shards[shard], "pt")
+        return self._open[shard]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.count
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.noise[i].float(), self.ids[i].long(), self.labels[i]
+        if not -self.count <= i < self.count:
+            raise IndexError(f"pair {i} of {self.count}")
+        shard, j = divmod(i % self.count, self.meta["shard_size"])
+        f = self._file(shard)
+        noise, ids, label = (f.get_slice(k)[j : j + 1][0] for k in self.FIELDS)
+        return noise.float(), ids.long(), label
+
+    def _all(self, name: str) -> torch.Tensor:
+        rows = self.count - (len(self.shards) - 1) * self.meta["shard_size"]  # of the last shard
+        parts = [self._file(k).get_tensor(name) for k in range(len(self.shards))]
+        return torch.cat(parts[:-1] + [parts[-1][:rows]]) if parts else torch.empty(0)
+
+    @property
+    def noise(self) -> torch.Tensor:
+        return self._all("noise")
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self._all("ids")
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._all("labels")
