@@ -125,18 +125,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- bench -----------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     import argen
-    from argen.bench import compare_models, format_comparison, format_table, run_bench
+    from argen.bench import compare_models, format_comparison, format_table, parse_sampler, run_bench
     from argen.samplers import samplers_for
     from argen.zoo import DEFAULT_MODEL
 
     sampling = {k: v for k, v in dict(cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                       temperature=args.temperature).items() if v is not None}
-    reports = []
-    for name in args.model or [DEFAULT_MODEL]:
-        pipe = argen.load(name, **_load_args(args), random_weights=args.random_weights)
-        # default: every sampler that can drive this model (token-wise: sjd; the others: plain only)
-        samplers = (args.samplers if args.samplers is not None
-                    else [s for s in samplers_for(pipe.generator) if s != "ar"])
+    reports, names = [], args.model or [DEFAULT_MODEL]
+    pipes = [argen.load(name, **_load_args(args), random_weights=args.random_weights) for name in names]
+    if args.samplers and len(pipes) > 1:  # several models: each runs the named samplers that can drive it
+        idle = [s for s in args.samplers if not any(parse_sampler(s)[0] in samplers_for(p.generator) for p in pipes)]
+        if idle:
+            raise ConfigError(f"sampler(s) {', '.join(idle)} drive none of {', '.join(names)}")
+    for pipe in pipes:
+        # default: every sampler that can drive this model (token-wise: sjd, flow; the others: their default only)
+        usable = samplers_for(pipe.generator)
+        samplers = ([s for s in args.samplers if len(pipes) == 1 or parse_sampler(s)[0] in usable]
+                    if args.samplers is not None else usable)
         classes = pipe.resolve_classes(args.classes) if args.classes else None
         report = run_bench(pipe, samplers, batch_sizes=args.batch_size, classes=classes, repeats=args.repeats,
                            seed=args.seed, sampling=sampling, warmup=not args.no_warmup)

@@ -34,3 +34,19 @@ def test_argen_bench_rejects_a_sampler_the_model_lacks(tmp_path):
                         "--repeats", "1", "--no-warmup", "--out", str(tmp_path / "b.json")],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "sjd" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_argen_bench_puts_a_student_next_to_its_teacher(tmp_path):
+    """A distilled student's baseline is its own default sampler (dd, one step); a sampler list serves the
+    teacher and the student alike (each runs those that drive it); one that drives neither is an error."""
+    out = tmp_path / "bench.json"
+    args = [sys.executable, "-m", "argen", "bench", "--model", "shapes-llamagen", "shapes-llamagen-dd", "--repeats",
+            "1", "--no-warmup", "-b", "2", "--classes", "star", "--out", str(out)]
+    r = subprocess.run([*args, "-s", "sjd", "dd:steps=2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    teacher, student = json.loads(out.read_text())["reports"]
+    assert teacher["baseline"] == "ar" and [x["sampler"] for x in teacher["results"]] == ["ar", "sjd"]
+    assert student["baseline"] == "dd" and [x["sampler"] for x in student["results"]] == ["dd", "dd:steps=2"]
+    assert [x["forward_passes"] for x in student["results"]] == [1, 2] and "vs dd" in r.stdout
+    r = subprocess.run([*args[:4], "shapes-flowar", *args[5:], "-s", "sjd"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "drive none of" in r.stderr
