@@ -39,8 +39,12 @@ KIND_OPTIONS = {
     "scale": ("top_k", "top_p", "temperature"),
     "continuous": ("temperature", "num_iter", "diffusion_steps"),
     "flow-scale": ("num_steps",),
-    "distilled": (),  # 1 step; "steps=2" in the extra options
+    "distilled": ("steps",),
 }
+# the kinds with a steps control: the option it sets, its label and its minimum (FlowAR: flow steps per
+# scale; a distilled student: its passes, 1 or 2 at the released restart points)
+STEP_CONTROL = {"flow-scale": ("num_steps", "FlowAR flow steps per scale", 2),
+                "distilled": ("steps", "DD passes (1 or 2)", 1)}
 UNGUIDED_KINDS = {"distilled"}  # no cfg controls: a student's guidance was distilled into it
 Row = tuple[Image.Image | None, list[tuple[Image.Image, str]] | None, list[list[str]] | None]
 
@@ -181,9 +185,9 @@ def _options(kind: str, sampler: str, cfg_scale, cfg_schedule, top_k, top_p, tem
     from argen.options import parse_key_values
 
     given = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "num_iter": num_iter,
-             "diffusion_steps": diffusion_steps, "num_steps": num_steps}
+             "diffusion_steps": diffusion_steps, "num_steps": num_steps, "steps": num_steps}  # one steps control
     opts: dict[str, Any] = {k: given[k] for k in KIND_OPTIONS.get(kind, ()) if given[k] is not None}
-    for k in ("top_k", "num_iter", "diffusion_steps", "num_steps"):
+    for k in ("top_k", "num_iter", "diffusion_steps", "num_steps", "steps"):
         if k in opts:
             opts[k] = _count(opts[k], k, 0)
     if cfg_scale is not None and kind not in UNGUIDED_KINDS:
@@ -212,6 +216,14 @@ def _stats_rows(model: str, ids: list[int], done: Finished) -> list[list[str]]:
 
 
 # -- the page ------------------------------------------------------------------------------------
+def _steps_control(kind: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The steps control of a kind that has one (:data:`STEP_CONTROL`), hidden for the others."""
+    if kind not in STEP_CONTROL:
+        return dict(value=None, visible=False, label="steps", minimum=1)
+    option, label, low = STEP_CONTROL[kind]
+    return dict(value=defaults.get(option, 1 if option == "steps" else None), visible=True, label=label, minimum=low)
+
+
 def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict[str, Any]]:
     """Component settings (choices, values, visibility) for a model, from its card: used to build
     the page and, as updates, when the user picks another model."""
@@ -237,7 +249,7 @@ def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict
         "window": dict(visible=sampler == "sjd"),
         "num_iter": dict(value=d.get("num_iter"), visible="num_iter" in kinds),
         "diffusion_steps": dict(value=d.get("diffusion_steps"), visible="diffusion_steps" in kinds),
-        "num_steps": dict(value=d.get("num_steps"), visible="num_steps" in kinds),
+        "num_steps": _steps_control(info.kind, d),
         "about": dict(value=f"**{info.name}** ({info.kind}-wise): {info.description}"),
     }
 
@@ -289,8 +301,7 @@ def build_demo(
                     c["num_iter"] = gr.Number(precision=0, minimum=1, label="MAR iterations", **init["num_iter"])
                     c["diffusion_steps"] = gr.Number(precision=0, minimum=1, label="MAR diffusion steps",
                                                      **init["diffusion_steps"])
-                    c["num_steps"] = gr.Number(precision=0, minimum=2, label="FlowAR flow steps per scale",
-                                               **init["num_steps"])
+                    c["num_steps"] = gr.Number(precision=0, **init["num_steps"])
                     c["extra_options"] = gr.Textbox("", label="more options",
                                                     placeholder="key=value ... (e.g. init=random)")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")

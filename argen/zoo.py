@@ -233,20 +233,23 @@ class BundledEntry:
         return {"pipeline": f"assets/{self.folder}"}
 
 
-def _shapes(family: str, what: str, default: bool = False) -> BundledEntry:
-    """A model trained here on the shapes set (64px, 10 classes), shipped in ``assets/shapes-<family>``."""
-    return BundledEntry(name=f"shapes-{family}", folder=f"shapes-{family}", image_size=64, family=family,
-                        description=f"bundled{' default' if default else ''}: {what} trained on the shapes set, "
-                                    "64px, 10 classes")
+def _shapes(family: str, what: str, default: bool = False, name: str | None = None) -> BundledEntry:
+    """A model trained here on the shapes set (64px, 10 classes), shipped in ``assets/<name>`` (default
+    ``shapes-<family>``)."""
+    name = name or f"shapes-{family}"
+    return BundledEntry(name=name, folder=name, image_size=64, family=family,
+                        description=f"bundled{' default' if default else ''}: {what}, 64px, 10 classes")
 
 
 BUNDLED: dict[str, BundledEntry] = {
     e.name: e
     for e in [
-        _shapes("llamagen", "LlamaGen-style GPT + VQ", default=True),
-        _shapes("var", "VAR-style next-scale transformer + multi-scale VQ-VAE"),
-        _shapes("flowar", "FlowAR-style scale-wise flow-matching transformer + KL VAE"),
-        _shapes("mar", "MAR-style masked transformer with a diffusion head + KL VAE"),
+        _shapes("llamagen", "LlamaGen-style GPT + VQ trained on the shapes set", default=True),
+        _shapes("var", "VAR-style next-scale transformer + multi-scale VQ-VAE trained on the shapes set"),
+        _shapes("flowar", "FlowAR-style scale-wise flow-matching transformer + KL VAE trained on the shapes set"),
+        _shapes("mar", "MAR-style masked transformer with a diffusion head + KL VAE trained on the shapes set"),
+        _shapes("dd-llamagen", "1-2 step distilled-decoding student of shapes-llamagen", name="shapes-llamagen-dd"),
+        _shapes("dd-var", "1-2 step distilled-decoding student of shapes-var", name="shapes-var-dd"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"

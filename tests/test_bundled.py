@@ -45,8 +45,8 @@ def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
 
 
 # transformer passes: one per token (LlamaGen; MAR at its default num_iter 64), per scale
-# (VAR: 1, 2, 3, 4, 5, 6, 8; FlowAR: 1, 2, 4, 8)
-PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64}
+# (VAR: 1, 2, 3, 4, 5, 6, 8; FlowAR: 1, 2, 4, 8); one for a distilled student (dd, its default: 1 step)
+PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64, "dd-llamagen": 1, "dd-var": 1}
 
 
 @pytest.mark.parametrize("name", list(BUNDLED))

@@ -231,3 +231,9 @@ def test_a_student_gets_the_dd_sampler_and_no_guidance_controls():
     assert info.kind == "distilled" and info.samplers() == ["dd"]
     controls = app._controls_for(info)
     assert controls["sampler"]["value"] == "dd" and not controls["cfg_scale"]["visible"]
+    # one steps control: a student's passes here, FlowAR's flow steps per scale there
+    steps = controls["num_steps"]
+    assert steps["visible"] and steps["value"] == 1 and steps["label"].startswith("DD passes")
+    assert app._options("distilled", "dd", 4.0, None, None, None, None, None, None, None, 2, "") == {"steps": 2}
+    assert app._options("flow-scale", "ar", None, None, None, None, None, None, None, None, 30, "") == {"num_steps": 30}
+    assert not app._controls_for(model_info("shapes-llamagen"))["num_steps"]["visible"]
