@@ -67,13 +67,19 @@ def distilled_description(pipe) -> str:
 
 def distilled_quality(dest: Path, teacher: str, judge: str | None) -> dict[str, dict]:
     """Judged class accuracy and shapes FD (`argen eval --domain shapes`, 50 per class, seed 0) of the
-    student at 1 and 2 steps and of its teacher with its own defaults."""
+    student at 1 and 2 steps, of its teacher with its own defaults, and of the two together (the official
+    combine procedure: the teacher samples up to the student's restart point, the student finishes)."""
     from argen.eval.shapes import evaluate_model, load_judge
 
     j = load_judge(judge)
+    guide = argen.load(teacher)
+    restart = argen.load(dest).generator.default_t_list(2)
     runs = {"teacher (ar)": dict(model=teacher), "student, 1 step": dict(model=str(dest), steps=1),
-            "student, 2 steps": dict(model=str(dest), steps=2)}
-    return {k: {x: v for x, v in evaluate_model(**r, judge=j).items() if x != "protocol"} for k, r in runs.items()}
+            "student, 2 steps": dict(model=str(dest), steps=2),
+            f"teacher to position {restart[1]}, then the student": dict(
+                model=str(dest), teacher=guide.generator, t_list=restart, **guide.defaults)}
+    keep = ("accuracy", "per_class_accuracy", "frechet_distance", "images", "generation_s")
+    return {k: {x: v for x, v in evaluate_model(**r, judge=j).items() if x in keep} for k, r in runs.items()}
 
 
 def distilled_section(dest: Path, quality: dict[str, dict], run: dict) -> str:
