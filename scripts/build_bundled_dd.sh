@@ -2,8 +2,9 @@
 # Builds the bundled distilled-decoding students assets/shapes-llamagen-dd and assets/shapes-var-dd from
 # the bundled teachers on the CPU: (noise, tokens) pairs from each teacher's exact flow sampler, then the
 # student (initialised from its teacher) trained on them. The two runs go side by side, one core each
-# (OMP_NUM_THREADS=1; pairs about 13 min, training about 65 min for LlamaGen and 75 min for VAR on 2 quiet cores), then the model cards (scripts/bundle_model.py) with the
-# students' class accuracy and shapes FD at 1 and 2 steps next to their teachers'.
+# (OMP_NUM_THREADS=1; on 2 quiet cores the pairs take about 13 min, the training about 65 min for LlamaGen
+# and 75 min for VAR), then the model cards (scripts/bundle_model.py) with the students' class accuracy and
+# shapes FD at 1 and 2 steps next to their teachers'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
