@@ -82,6 +82,12 @@ def distilled_quality(dest: Path, teacher: str, judge: str | None) -> dict[str, 
     return {k: {x: v for x, v in evaluate_model(**r, judge=j).items() if x in keep} for k, r in runs.items()}
 
 
+def pairs_time(run: dict) -> str:
+    """How long the pairs took: this run's share, or ``pairs_time_s`` set by ``--pairs-time-s`` when the run
+    reused the shards of an earlier one (a rerun keeps finished shards)."""
+    return f"{run['pairs_time_s'] / 60:.1f} min on one core"
+
+
 def distilled_section(dest: Path, quality: dict[str, dict], run: dict) -> str:
     """The card's distillation table: pairs, and the quality rows."""
     rows = "\n".join(f"| {k} | {q['accuracy']:.1%} | {q['frechet_distance']:.2f} | "
@@ -89,7 +95,7 @@ def distilled_section(dest: Path, quality: dict[str, dict], run: dict) -> str:
     return f"""## Distillation
 
 {run['pairs']} pairs from `{run['teacher']}` (its flow sampler with {json.dumps(run['pair_options'])}; \
-{run['pairs_time_s'] / 60:.1f} min), then {run['steps']} steps of batch {run['settings']['batch_size']} \
+{pairs_time(run)}), then {run['steps']} steps of batch {run['settings']['batch_size']} \
 (restart point t = 0 for {run['t0_prob']:.0%} of the samples, else uniform; cross-entropy + {run['mse_weight']} x the \
 normalised squared error of the continuous tokens; {run['train_time_s'] / 60:.1f} min). 2-step runs restart at \
 position {run['two_step_t']}.
@@ -168,7 +174,7 @@ def hand_written(card: Path) -> str:
 
 
 def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bundled.sh",
-         defaults: dict | None = None, judge: str | None = None) -> None:
+         defaults: dict | None = None, judge: str | None = None, pairs_time_s: float | None = None) -> None:
     """``defaults``: sampling defaults to ship instead of the training run's (chosen by measuring
     with benchmarks/shapes_quality.py); ``judge``: a shapes classifier folder (default: the committed one)."""
     tok_run, gen_run, dest = Path(tok_run), Path(gen_run), Path(dest)
@@ -204,6 +210,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
              f"argen generate --model {dest.name} --classes star heart -n 8 --seed 1")
     if distilled:
         run = json.loads((gen_run / "train.json").read_text())
+        run["pairs_time_s"] = pairs_time_s if pairs_time_s is not None else run["pairs_time_s"]
         dd_quality = distilled_quality(dest, run["teacher"], judge)
         dd_text = distilled_section(dest, dd_quality, run) + "\n"
         (dest / "distillation.json").write_text(json.dumps({"run": run, "quality": dd_quality}, indent=2))
@@ -270,5 +277,7 @@ if __name__ == "__main__":
     ap.add_argument("--defaults", type=json.loads, help="sampling defaults to ship, JSON")
     ap.add_argument("--judge",
                     help="shapes classifier folder for benchmarks/shapes_quality.py (default: the committed one)")
+    ap.add_argument("--pairs-time-s", type=float,
+                    help="a distilled student whose run reused the pairs of an earlier one: their making time")
     a = ap.parse_args()
-    main(a.tokenizer_run, a.generator_run, a.dest, a.script, a.defaults, a.judge)
+    main(a.tokenizer_run, a.generator_run, a.dest, a.script, a.defaults, a.judge, a.pairs_time_s)
