@@ -48,5 +48,5 @@ def test_argen_bench_puts_a_student_next_to_its_teacher(tmp_path):
     assert teacher["baseline"] == "ar" and [x["sampler"] for x in teacher["results"]] == ["ar", "sjd"]
     assert student["baseline"] == "dd" and [x["sampler"] for x in student["results"]] == ["dd", "dd:steps=2"]
     assert [x["forward_passes"] for x in student["results"]] == [1, 2] and "vs dd" in r.stdout
-    r = subprocess.run([*args[:4], "shapes-flowar", *args[5:], "-s", "sjd"], capture_output=True, text=True)
+    r = subprocess.run([*args[:5], "shapes-flowar", *args[6:], "-s", "sjd"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "drive none of" in r.stderr
