@@ -154,6 +154,14 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(walls)
 
 
+def random_codebook(tokenizer: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The tokenizer with a seeded N(0, 1) codebook (the init's tiny codes would all snap alike), in eval mode."""
+    book = tokenizer.quantize.embedding.weight
+    with torch.no_grad():
+        book.copy_(torch.randn(book.shape, generator=torch.Generator().manual_seed(seed)))
+    return tokenizer.eval()
+
+
 # -- the two students -----------------------------------------------------------------------------
 class VarPair:
     """Official ``DD_Model`` (d16) and argen ``DDVAR`` on the same weights and VQ-VAE."""
@@ -162,11 +170,7 @@ class VarPair:
 
     def __init__(self, root: Path, seed: int) -> None:
         torch.manual_seed(seed)
-        vae = MultiScaleVQVAE(MultiScaleVQConfig.preset("vae_ch160v4096z32"))
-        with torch.no_grad():
-            vae.quantize.embedding.weight.copy_(torch.randn(vae.quantize.embedding.weight.shape,
-                                                            generator=torch.Generator().manual_seed(seed + 1)))
-        vae.eval()
+        vae = random_codebook(MultiScaleVQVAE(MultiScaleVQConfig.preset("vae_ch160v4096z32")), seed + 1)
         with official_path(root / "VAR"), keep_reset_parameters(), contextlib.redirect_stdout(sys.stderr):
             from models import build_vae_dd
 
@@ -203,11 +207,7 @@ class LlamaGenPair:
 
     def __init__(self, root: Path, seed: int) -> None:
         torch.manual_seed(seed)
-        vq = VQTokenizer(VQConfig.preset("VQ-16"))
-        with torch.no_grad():
-            vq.quantize.embedding.weight.copy_(torch.randn(vq.quantize.embedding.weight.shape,
-                                                           generator=torch.Generator().manual_seed(seed + 1)))
-        vq.eval()
+        vq = random_codebook(VQTokenizer(VQConfig.preset("VQ-16")), seed + 1)
         codebook = F.normalize(vq.quantize.embedding.weight.detach().float(), p=2, dim=-1)
         with official_path(root / "LlamaGen"), keep_reset_parameters():
             from autoregressive.models.dd import GPT_models
