@@ -18,6 +18,7 @@ import torch
 from argen.errors import ConfigError
 from argen.generators.protocol import Generator, generator_kind, protocol_for
 from argen.samplers.ar import sample_ar
+from argen.samplers.cspd import sample_cspd
 from argen.samplers.dd import sample_dd
 from argen.samplers.flow import sample_flow_scales, sample_flow_tokens
 from argen.samplers.flowar import sample_flowar
@@ -57,6 +58,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
         {"token": sample_flow_tokens, "scale": sample_flow_scales},
         "the noise -> token flow of distilled decoding: deterministic given the noise, same distribution as ar",
         row_streams=frozenset({"token", "scale"}),
+    ),
+    "cspd": SamplerSpec(
+        {"continuous": sample_cspd},
+        "continuous speculative decoding: a draft MAR proposes gamma steps, the target verifies them in one pass "
+        "(exact: the distribution of ar with final_noise=True; official: MarkXCloud/CSpD's approximation)",
     ),
     "dd": SamplerSpec(
         {"distilled": sample_dd},

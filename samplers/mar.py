@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -51,12 +52,43 @@ def generation_orders(model: ContinuousGenerator, batch_size: int, order: str, r
     return torch.arange(model.seq_len - 1, -1, -1, device=device).expand(batch_size, -1)
 
 
+def check_schedule(schedule: Sequence[int], seq_len: int) -> list[int]:
+    """An explicit mask schedule: how many tokens stay masked after each step, strictly decreasing
+    from below ``seq_len`` and at least 1 (the last entry feeds only the linear CFG schedule: the last
+    step predicts every token left)."""
+    out = list(schedule)
+    ok = (out and all(isinstance(v, int) and not isinstance(v, bool) for v in out) and 1 <= out[-1]
+          and out[0] < seq_len and all(a > b for a, b in zip(out, out[1:-1])) and
+          (len(out) == 1 or out[-1] <= out[-2]))
+    if not ok:
+        raise ConfigError(f"schedule must list, per step, the tokens left masked: integers decreasing from below "
+                          f"{seq_len} to >= 1, got {schedule!r}")
+    return out
+
+
+def guidance_at(opts: SamplingOptions, seq_len: int, left: int) -> float | None:
+    """The CFG scale of a step after which ``left`` tokens stay masked (None: no guidance): constant, or
+    the official linear ramp 1 + (cfg - 1) (L - left) / L."""
+    if opts.cfg_scale == 1.0:
+        return None
+    if opts.cfg_schedule == "linear":
+        return 1.0 + (opts.cfg_scale - 1.0) * (seq_len - left) / seq_len
+    return opts.cfg_scale
+
+
 def _check(opts: SamplingOptions, num_iter: int, seq_len: int, order: str) -> None:
     opts.check_continuous("MAR", ("linear", "constant"))
     if order not in ORDERS:
         raise ConfigError(f"unknown MAR generation order {order!r}; known: {', '.join(ORDERS)}")
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or not 1 <= num_iter <= seq_len:
         raise ConfigError(f"num_iter must be an integer in [1, {seq_len}] (the token count), got {num_iter!r}")
+
+
+def check_diffusion_steps(model: ContinuousGenerator, diffusion_steps: int | None) -> int:
+    steps = diffusion_steps if diffusion_steps is not None else model.sampling_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"diffusion_steps must be a positive integer, got {steps!r}")
+    return steps
 
 
 def sample_mar(
@@ -68,6 +100,8 @@ def sample_mar(
     num_iter: int | None = None,
     diffusion_steps: int | None = None,
     order: str = "random",
+    final_noise: bool = False,
+    schedule: Sequence[int] | None = None,
     progress: bool = False,
     callback: StepCallback | None = None,
     callback_every: int = 1,
@@ -75,15 +109,20 @@ def sample_mar(
     """Sample all tokens (B, L, C) float for class ids ``cond``. ``num_iter``: transformer passes
     (default 64 as the official script; its reported FIDs use 256). ``diffusion_steps``: the head's
     reverse steps per token (default: the model's ``num_sampling_steps``). ``order``: 'random' (official)
-    or 'raster' (see :func:`generation_orders`). ``callback(step, tokens)``
+    or 'raster' (see :func:`generation_orders`). ``final_noise``: the head's last reverse step draws
+    from its Gaussian instead of taking its mean (official: False); the distribution cspd reproduces.
+    ``schedule``: tokens left masked after each step, instead of the cosine one of ``num_iter`` steps
+    (e.g. :func:`argen.samplers.cspd.coarse_schedule`). ``callback(step, tokens)``
     every ``callback_every`` steps with the tokens so far (unknown ones are 0)."""
     start = time.perf_counter()
     b, n, dim = cond.shape[0], model.seq_len, model.token_dim
+    if schedule is not None:
+        lefts = check_schedule(schedule, n)
+        num_iter = len(lefts)
     num_iter = min(64, n) if num_iter is None else num_iter
     _check(opts, num_iter, n, order)
-    steps = diffusion_steps if diffusion_steps is not None else model.sampling_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"diffusion_steps must be a positive integer, got {steps!r}")
+    lefts = mask_lengths(n, num_iter) if schedule is None else lefts
+    steps = check_diffusion_steps(model, diffusion_steps)
     guided = opts.cfg_scale != 1.0
     emb = model.class_embedding(cond)
     dev, dtype = emb.device, emb.dtype
@@ -93,21 +132,17 @@ def sample_mar(
     mask = torch.ones(b, n, dtype=torch.bool, device=dev)
     orders = generation_orders(model, b, order, rng, dev)
     stats = SamplerStats("ar", b, n, guided_rows=emb.shape[0])
-    for step, left in enumerate(tqdm(mask_lengths(n, num_iter), disable=not progress, desc="mar", leave=False)):
+    for step, left in enumerate(tqdm(lefts, disable=not progress, desc="mar", leave=False)):
         inp, m = (torch.cat([tokens, tokens]), torch.cat([mask, mask])) if guided else (tokens, mask)
         z = model.conditions(inp, m, emb)
         stats.forward_passes += 1
         last = step == num_iter - 1
         nxt = torch.zeros_like(mask) if last else torch.zeros_like(mask).scatter_(1, orders[:, :left], True)
         to_pred = mask & ~nxt
-        scale = None
-        if guided:
-            scale = 1.0 + (opts.cfg_scale - 1.0) * (n - left) / n if opts.cfg_schedule == "linear" else opts.cfg_scale
-            zz = torch.cat([z[:b][to_pred], z[b:][to_pred]])
-        else:
-            zz = z[to_pred]
+        scale = guidance_at(opts, n, left)
+        zz = torch.cat([z[:b][to_pred], z[b:][to_pred]]) if guided else z[to_pred]
         if zz.shape[0]:
-            tokens[to_pred] = model.sample_tokens(zz, opts.temperature, scale, rng, steps).to(dtype)
+            tokens[to_pred] = model.sample_tokens(zz, opts.temperature, scale, rng, steps, final_noise).to(dtype)
             stats.head_evaluations += steps
         mask = nxt
         stats.accepted_history.append(float(to_pred.sum()) / b)

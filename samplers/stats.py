@@ -5,6 +5,9 @@ from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 from typing import Any
 
+_DRAFT_FIELDS = ("draft_passes", "draft_head_evaluations", "steps_drafted", "steps_accepted", "tokens_drafted",
+                 "tokens_accepted", "residual_fallbacks")
+
 
 @dataclass
 class SamplerStats:
@@ -20,6 +23,15 @@ class SamplerStats:
     accept_histogram: list[int] = field(default_factory=list)
     batches: int = 1  # sequential sampler calls merged into these stats
     head_evaluations: int = 0  # batched calls of a per-token head (MAR's diffusion, FlowAR's flow steps)
+    # speculative decoding with a draft model (cspd): the draft's sequential passes and head chains, the
+    # drafted steps (per image) and tokens verified, how many were kept, and residual draws that gave up
+    draft_passes: int = 0
+    draft_head_evaluations: int = 0
+    steps_drafted: int = 0
+    steps_accepted: int = 0
+    tokens_drafted: int = 0
+    tokens_accepted: int = 0
+    residual_fallbacks: int = 0
     # the latents to decode when they are not a function of the codes (VAR's more_smooth), else None
     latents: Any = field(default=None, repr=False)
 
@@ -42,6 +54,8 @@ class SamplerStats:
         self.accept_histogram = [a + b for a, b in pairs]
         self.batches += other.batches
         self.head_evaluations += other.head_evaluations
+        for name in _DRAFT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         if self.latents is not None and other.latents is not None:
             import torch
 
@@ -50,6 +64,12 @@ class SamplerStats:
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("accepted_history", "latents")}
+        if self.draft_passes:
+            d["step_acceptance"] = self.steps_accepted / max(self.steps_drafted, 1)
+            d["token_acceptance"] = self.tokens_accepted / max(self.tokens_drafted, 1)
+        else:  # no draft model: nothing to report
+            for name in _DRAFT_FIELDS:
+                d.pop(name)
         d["tokens_per_pass"] = self.tokens_per_pass
         d["tokens_per_second"] = self.tokens_per_second
         return d

@@ -178,10 +178,12 @@ class MARConfig:
         return self.vae_embed_dim * self.patch_size**2
 
 
-def _mask_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Rows of x (B, L, C) where ``keep`` (B, L) is True, as (B, n, C): every row keeps the same count."""
-    b = x.shape[0]
-    return x[keep].reshape(b, -1, x.shape[-1])
+def _kept_slots(keep: torch.Tensor) -> torch.Tensor:
+    """(B, T) slot indices, each row's kept slots first in sequence order, then its dropped ones (padding);
+    T is the largest kept count."""
+    counts = keep.sum(1)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    return order[:, : int(counts.max())]
 
 
 @register("mar")
@@ -275,13 +277,14 @@ class MAR(Pretrained):
         """The head's reverse steps per token when a sampler names none."""
         return int(self.config.num_sampling_steps)
 
-    def sample_tokens(self, z: torch.Tensor, temperature: float, cfg: float | None,
-                      generator: torch.Generator | None, steps: int) -> torch.Tensor:
+    def sample_tokens(self, z: torch.Tensor, temperature: float, cfg: float | torch.Tensor | None,
+                      generator: torch.Generator | None, steps: int, final_noise: bool = False) -> torch.Tensor:
         """One token per condition z (N, D) through the head's ``steps``-step reverse chain
-        (``cfg``: z is [cond ; uncond] (2N, D))."""
-        return self.diffloss.sample(z, temperature, cfg, generator, steps)
+        (``cfg``: z is [cond ; uncond] (2N, D); a scale, or one per token (N,)). ``final_noise``: the
+        last step draws from its Gaussian instead of taking its mean (the official)."""
+        return self.diffloss.sample(z, temperature, cfg, generator, steps, final_noise)
 
-    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | None,
+    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | torch.Tensor | None,
                       steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log variance of reverse step ``i`` of the head's ``steps``-step chain."""
         return self.diffloss.step_gaussian(x_t, i, z, cfg, self.diffloss.chain(steps))
@@ -320,14 +323,14 @@ class MAR(Pretrained):
         return pos.expand(batch_size, -1)
 
     def _position_terms(self, batch_size: int, device: torch.device, heads: int, dim: int,
-                        keep: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The ``attn_bias`` and ``rope`` terms for the sequence slots (only those where ``keep``, the
+                        slots: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The ``attn_bias`` and ``rope`` terms for the sequence slots (only ``slots`` (B, T), the
         encoder's), each None when off."""
         if self.config.attn_bias == "none" and self.config.rope == "none":
             return None, None
         pos = self._positions(batch_size, device)
-        if keep is not None:
-            pos = pos[keep].reshape(batch_size, -1)
+        if slots is not None:
+            pos = pos.gather(1, slots)
         bias = distance_bias(pos, self.config.grid, heads) if self.config.attn_bias == "distance" else None
         rope = rope_2d_rows(pos, self.config.grid, dim // heads) if self.config.rope == "2d" else None
         return bias, rope
@@ -335,15 +338,24 @@ class MAR(Pretrained):
     def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor,
                             class_embedding: torch.Tensor) -> torch.Tensor:
         """Known tokens (mask 0) plus the buffer, all buffer positions set to the class embedding ->
-        encoder outputs (B, buffer + #known, D)."""
+        encoder outputs (B, buffer + #known, D). Rows may know different numbers of tokens (a speculative
+        sampler verifies several steps in one pass): shorter rows are padded, and no token attends to
+        the padding; the outputs are then (B, buffer + most known, D), padding last in each row."""
         x = self.z_proj(tokens)
         b, _, d = x.shape
         buf = self.config.buffer_size
         x = torch.cat([class_embedding[:, None].expand(b, buf, d).to(x.dtype), x], dim=1)
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
         keep = ~self._with_buffer(mask)
-        x = _mask_rows(x, keep)
-        bias, rope = self._position_terms(b, x.device, self.config.encoder_num_heads, d, keep)
+        counts = keep.sum(1)
+        ragged = bool((counts != counts[0]).any())
+        slots = _kept_slots(keep) if ragged else keep.nonzero()[:, 1].reshape(b, -1)
+        x = x.gather(1, slots[..., None].expand(-1, -1, d))
+        bias, rope = self._position_terms(b, x.device, self.config.encoder_num_heads, d, slots)
+        if ragged:
+            padding = torch.arange(slots.shape[1], device=x.device)[None] >= counts[:, None]
+            pad_bias = torch.zeros(padding.shape, dtype=x.dtype, device=x.device).masked_fill(padding, float("-inf"))
+            bias = pad_bias[:, None, None] if bias is None else bias + pad_bias[:, None, None]
         for blk in self.encoder_blocks:
             x = blk(x, bias, rope)
         return self.encoder_norm(x)
@@ -353,7 +365,10 @@ class MAR(Pretrained):
         x = self.decoder_embed(x)
         masked = self._with_buffer(mask)
         full = self.mask_token.to(x.dtype).expand(masked.shape[0], masked.shape[1], -1).clone()
-        full[~masked] = x.reshape(-1, x.shape[-1])
+        known = ~masked
+        counts = known.sum(1)
+        valid = torch.arange(x.shape[1], device=x.device)[None] < counts[:, None]  # drops a ragged batch's padding
+        full[known] = x[valid]
         x = full + self.decoder_pos_embed_learned
         bias, rope = self._position_terms(1, x.device, self.config.decoder_num_heads, x.shape[-1])
         for blk in self.decoder_blocks:
@@ -362,12 +377,10 @@ class MAR(Pretrained):
         return x + self.diffusion_pos_embed_learned
 
     def conditions(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        """Per-token diffusion conditions z (B, L, D) given the known tokens (mask 0)."""
+        """Per-token diffusion conditions z (B, L, D) given the known tokens (mask 0); rows may know
+        different numbers of tokens."""
         if mask.shape != tokens.shape[:2]:
             raise ConfigError(f"mask {tuple(mask.shape)} must match tokens {tuple(tokens.shape[:2])}")
-        counts = mask.bool().sum(1)
-        if bool((counts != counts[0]).any()):
-            raise ConfigError("every row must mask the same number of tokens (MAR's encoder packs the known ones)")
         return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, class_embedding), mask)
 
     # -- training ----------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(Linear(freq_dim, width), nn.SiLU(), Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim))
+        # the sinusoids are computed in float32; the MLP may run in another dtype (bf16 on a GPU, float64 in tests)
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 class ResBlock(nn.Module):
@@ -74,13 +75,17 @@ class SimpleMLPAdaLN(nn.Module):
             x = block(x, y)
         return self.final_layer(x, y)
 
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                         cfg_scale: float | torch.Tensor) -> torch.Tensor:
         """The official CFG call: rows [cond ; uncond] share the first half's x; both halves get the
-        guided eps uncond + cfg (cond - uncond); each keeps its own variance channels."""
+        guided eps uncond + cfg (cond - uncond); each keeps its own variance channels. ``cfg_scale``:
+        one scale, or one per row pair (N,) (rows at different steps of a schedule)."""
         half = x[: len(x) // 2]
         out = self(torch.cat([half, half]), t, c)
         eps, rest = out[:, : self.in_channels], out[:, self.in_channels :]
         cond_eps, uncond_eps = eps.chunk(2, dim=0)
+        if torch.is_tensor(cfg_scale):
+            cfg_scale = cfg_scale.reshape(-1, 1).to(eps.dtype)
         guided = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
         return torch.cat([torch.cat([guided, guided]), rest], dim=1)
 
@@ -134,11 +139,12 @@ class DiffusionHead(nn.Module):
             return per.mean()
         return (per * mask).sum() / mask.sum().clamp(min=1)
 
-    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | None,
+    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | torch.Tensor | None,
                       chain: GaussianDiffusion) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log variance of reverse step ``i`` (chain index) for tokens x_t (N, C).
         ``cfg`` None: z (N, D) is conditional only; else z is [cond ; uncond] (2N, D), eps is guided
-        and the variance is the conditional branch's (the official forward_with_cfg, first half)."""
+        (one scale, or one per token (N,)) and the variance is the conditional branch's (the official
+        forward_with_cfg, first half)."""
         n = x_t.shape[0]
         t = torch.full((n if cfg is None else 2 * n,), i, dtype=torch.long, device=x_t.device)
         mt = chain.model_timesteps(t)
@@ -149,16 +155,19 @@ class DiffusionHead(nn.Module):
         mean, log_var, _ = chain.p_mean_variance(out, x_t, t[:n])
         return mean, log_var
 
-    def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float | None = None,
-               generator: torch.Generator | None = None, sampling_steps: int | None = None) -> torch.Tensor:
+    def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float | torch.Tensor | None = None,
+               generator: torch.Generator | None = None, sampling_steps: int | None = None,
+               final_noise: bool = False) -> torch.Tensor:
         """Draw one token per condition: the reverse chain from N(0, I) (temperature scales the
-        noise injected at each step, not the start). ``cfg``: z is [cond ; uncond] (2N, D)."""
+        noise injected at each step, not the start). ``cfg``: z is [cond ; uncond] (2N, D).
+        ``final_noise``: the last step draws from its Gaussian too; the official (False) takes its mean,
+        so a token is then no draw of a density a speculative sampler could evaluate."""
         chain = self.chain(sampling_steps)
         n = z.shape[0] if cfg is None else z.shape[0] // 2
         x = torch.randn(n, self.in_channels, device=z.device, dtype=z.dtype, generator=generator)
         for i in reversed(range(chain.num_timesteps)):
             mean, log_var = self.step_gaussian(x, i, z, cfg, chain)
-            if i > 0:
+            if i > 0 or final_noise:
                 noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
                 x = mean + torch.exp(0.5 * log_var) * noise * temperature
             else:

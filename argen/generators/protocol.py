@@ -128,7 +128,7 @@ class ScaleGenerator(Generator, Protocol):
 
 
 class ContinuousGenerator(Generator, Protocol):
-    """Masked generation of continuous tokens with a per-token diffusion head (MAR; sampler ar)."""
+    """Masked generation of continuous tokens with a per-token diffusion head (MAR; samplers ar, cspd)."""
 
     @property
     def token_dim(self) -> int: ...
@@ -142,16 +142,18 @@ class ContinuousGenerator(Generator, Protocol):
     def random_orders(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
     def conditions(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, L, C) with ``mask`` (B, L) True where unknown -> per-token conditions (B, L, D)."""
+        """Tokens (B, L, C) with ``mask`` (B, L) True where unknown -> per-token conditions (B, L, D).
+        Rows may mask different numbers of tokens (one pass over several steps' contexts)."""
 
-    def sample_tokens(self, z: torch.Tensor, temperature: float, cfg: float | None,
-                      generator: torch.Generator | None, steps: int) -> torch.Tensor:
-        """One token per condition z (N, D) (cfg: z is [cond ; uncond]) through the head's reverse chain."""
+    def sample_tokens(self, z: torch.Tensor, temperature: float, cfg: float | torch.Tensor | None,
+                      generator: torch.Generator | None, steps: int, final_noise: bool = False) -> torch.Tensor:
+        """One token per condition z (N, D) (cfg: z is [cond ; uncond]; one scale or one per token)
+        through the head's reverse chain; ``final_noise``: the last step draws instead of taking its mean."""
 
-    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | None,
+    def step_gaussian(self, x_t: torch.Tensor, i: int, z: torch.Tensor, cfg: float | torch.Tensor | None,
                       steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log variance of the head's reverse step ``i`` of ``steps``: the density a
-        speculative sampler evaluates."""
+        """Mean and log variance of the head's reverse step ``i`` of ``steps`` (cfg as in
+        ``sample_tokens``): the density a speculative sampler evaluates."""
 
 
 class FlowScaleGenerator(Generator, Protocol):
