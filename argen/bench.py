@@ -11,6 +11,7 @@ pool (batch 1 cycles through them), the same for every sampler.
     argen bench --model shapes-llamagen --samplers sjd sjd:window=8,init=random --batch-size 1 8
     argen bench --model flowar-s var-d16 mar-base --random-weights -b 1 8 --repeats 1   # families side by side
     argen bench --model shapes-llamagen shapes-llamagen-dd --samplers dd:steps=2   # a student next to its teacher
+    argen bench --model shapes-mar --samplers cspd:draft=shapes-mar-draft,gamma=4   # a draft MAR for its target
 
 Several models run one after the other in the same process; the report then adds a comparison of
 their baseline rows (images/s and the ratio to the first model), which is how families are compared.
@@ -118,6 +119,8 @@ def run_bench(
                 "slower_than_baseline": med > base,
                 "times_s": times[spec],
                 "options": parsed[spec][1],
+                "head_evaluations": statistics.mean(st.head_evaluations for st in stats[spec]),
+                **_draft_columns(stats[spec]),
             })
     return {
         "benchmark": "samplers",
@@ -136,6 +139,18 @@ def run_bench(
         "torch": torch.__version__,
         "results": results,
     }
+
+
+def _draft_columns(stats: list) -> dict[str, float]:
+    """A draft model's share (cspd): its passes and head chains, and how much of what it drafted was kept."""
+    if not stats[0].draft_passes:
+        return {}
+    drafted = sum(st.steps_drafted for st in stats)
+    tokens = sum(st.tokens_drafted for st in stats)
+    return {"draft_passes": statistics.mean(st.draft_passes for st in stats),
+            "draft_head_evaluations": statistics.mean(st.draft_head_evaluations for st in stats),
+            "step_acceptance": sum(st.steps_accepted for st in stats) / max(drafted, 1),
+            "token_acceptance": sum(st.tokens_accepted for st in stats) / max(tokens, 1)}
 
 
 def _ms_per_pass(stats: list) -> float:

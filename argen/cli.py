@@ -77,6 +77,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             steps=args.steps,
             t_list=args.t_list,
             split=args.split,
+            draft=args.draft,
+            gamma=args.gamma,
+            prefill=args.prefill,
+            variant=args.variant,
         ).items()
         if v is not None
     }
@@ -316,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
     g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sampler", help="ar (plain, token- or scale-wise), sjd (speculative Jacobi, token-wise) or dd "
-                                     "(distilled students); default: the first that drives the model (ar; dd)")
+    g.add_argument("--sampler", help="ar (plain, token- or scale-wise), sjd (speculative Jacobi, token-wise), cspd "
+                                     "(continuous speculative decoding with --draft, MAR) or dd (distilled students); "
+                                     "default: the first that drives the model (ar; dd)")
     g.add_argument("--window", type=int, help="sjd: tokens per forward pass (default 16)")
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
     g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
@@ -329,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--t-list", type=lambda s: [int(t) for t in s.split(",")],
                    help="dd: explicit step positions, comma-separated, from 0 (e.g. 0,5)")
     g.add_argument("--split", type=int, help="dd: positions before it are snapped to the codebook (default: released)")
+    g.add_argument("--draft", help="cspd: the draft model (zoo name or pretrained folder; same tokenizer as --model)")
+    g.add_argument("--gamma", type=int, help="cspd: draft steps per verification (default 4)")
+    g.add_argument("--prefill", type=float, help="cspd: share of the steps the target takes alone (default 0.15)")
+    g.add_argument("--variant", choices=["exact", "official"],
+                   help="cspd: exact (default; the distribution of ar with final_noise) or MarkXCloud/CSpD's official")
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen, MAR: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
     g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")

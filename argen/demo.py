@@ -111,6 +111,8 @@ def generate(
     diffusion_steps: int | float | None = None,
     num_steps: int | float | None = None,
     extra_options: str = "",
+    draft: str | None = None,
+    gamma: int | float | None = None,
 ) -> Iterator[Row]:
     """Yield (preview grid, None, None) while sampling, then (final grid, gallery, None), then
     (final grid, gallery, statistics rows). None for an option means the model card's value
@@ -130,6 +132,12 @@ def generate(
             ids = [ids[i % len(ids)] for i in range(n)]
             opts = _options(pipe.generator.kind, sampler, cfg_scale, cfg_schedule, top_k, top_p, temperature,
                             window, num_iter, diffusion_steps, num_steps, extra_options)
+            if sampler == "cspd":  # a draft model from the served ones (loaded once, beside the target)
+                if draft and STATE.allowed is not None and draft not in STATE.allowed:
+                    raise UnknownModelError(f"this demo serves {', '.join(sorted(STATE.allowed))}, not {draft!r}")
+                opts.setdefault("draft", draft or None)
+                if gamma is not None:
+                    opts["gamma"] = _count(gamma, "gamma", 1)
             used_seed = random_seed() if seed is None else _count(seed, "seed", 0)
             every = (default_preview_every(pipe.generator.kind, {**pipe.defaults, **opts}) if preview_every is None
                      else _count(preview_every, "preview every", 0))
@@ -247,6 +255,8 @@ def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict
         "temperature": dict(value=d.get("temperature", 1.0), visible="temperature" in kinds),
         "preview_every": dict(value=default_preview_every(info.kind, d)),
         "window": dict(visible=sampler == "sjd"),
+        "draft": dict(visible=sampler == "cspd"),
+        "gamma": dict(visible=sampler == "cspd"),
         "num_iter": dict(value=d.get("num_iter"), visible="num_iter" in kinds),
         "diffusion_steps": dict(value=d.get("diffusion_steps"), visible="diffusion_steps" in kinds),
         "num_steps": _steps_control(info.kind, d),
@@ -298,6 +308,12 @@ def build_demo(
                                                    **init["preview_every"])
                     c["window"] = gr.Slider(1, 64, value=16, step=1, label="SJD window (tokens per pass)",
                                             **init["window"])
+                    drafts = [n for n, i in infos.items() if i.kind == "continuous"]
+                    c["draft"] = gr.Dropdown(drafts, value=next((n for n in drafts if n.endswith("-draft")),
+                                                                 drafts[0] if drafts else None),
+                                             label="CSpD draft model", **init["draft"])
+                    c["gamma"] = gr.Number(4, precision=0, minimum=1, label="CSpD draft steps per verification",
+                                           **init["gamma"])
                     c["num_iter"] = gr.Number(precision=0, minimum=1, label="MAR iterations", **init["num_iter"])
                     c["diffusion_steps"] = gr.Number(precision=0, minimum=1, label="MAR diffusion steps",
                                                      **init["diffusion_steps"])
@@ -316,12 +332,12 @@ def build_demo(
             return [gr.update(**kw) for kw in _controls_for(info, sampler).values()]
 
         c["model"].change(on_model, [c["model"], c["sampler"]], [c[k] for k in init], api_visibility="private")
-        c["sampler"].change(lambda s: gr.update(visible=s == "sjd"), c["sampler"], c["window"],
-                            api_visibility="private")
+        c["sampler"].change(lambda s: [gr.update(visible=s == "sjd")] + [gr.update(visible=s == "cspd")] * 2,
+                            c["sampler"], [c["window"], c["draft"], c["gamma"]], api_visibility="private")
         dice.click(random_seed, None, c["seed"], api_visibility="private")
         inputs = [c[k] for k in ("model", "sampler", "classes", "n_images", "cfg_scale", "cfg_schedule", "top_k",
                                  "top_p", "temperature", "seed", "preview_every", "window", "num_iter",
-                                 "diffusion_steps", "num_steps", "extra_options")]
+                                 "diffusion_steps", "num_steps", "extra_options", "draft", "gamma")]
         run.click(generate, inputs, [preview, gallery, stats], api_name="generate",
                   concurrency_limit=concurrency_limit, concurrency_id="generate")
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency_limit)

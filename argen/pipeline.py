@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,22 @@ def _fits_in_memory(rows: int, device: torch.device) -> Iterator[None]:
                           "use a smaller batch_size (CLI: --batch-size)") from None
 
 
+def _check_same_tokenizer(mine: Any, theirs: Any, role: str) -> None:
+    """ConfigError unless ``theirs`` is the same tokenizer as ``mine`` (class, configuration, weights)."""
+    if type(mine) is not type(theirs):
+        raise ConfigError(f"the {role}'s tokenizer is a {type(theirs).__name__}, the target's a {type(mine).__name__}: "
+                          "both must write the same tokens")
+    a, b = vars(getattr(mine, "config", None) or object()), vars(getattr(theirs, "config", None) or object())
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        raise ConfigError(f"the {role}'s tokenizer differs from the target's in {diff[0]} ({b.get(diff[0])!r} vs "
+                          f"{a.get(diff[0])!r}): both must write the same tokens")
+    for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+        if a.shape != b.shape or not torch.equal(a.float().cpu(), b.float().cpu()):
+            raise ConfigError(f"the {role}'s tokenizer has other weights than the target's (first difference: "
+                              f"{name}): both must write the same tokens")
+
+
 class ARPipeline:
     """Everything needed to turn conditions into images with one model."""
 
@@ -96,6 +113,8 @@ class ARPipeline:
         self.name = name
         self.last_stats = None
         self.last_codes: torch.Tensor | None = None  # the codes behind the last generated images
+        self.random_weights = False  # an official architecture with seeded random weights (argen.zoo)
+        self._companions: dict[str, ARPipeline] = {}  # second models named by a sampler option, loaded once
 
     # -- devices -----------------------------------------------------------------------------
     @property
@@ -187,6 +206,9 @@ class ARPipeline:
             raise ConfigError(f"first_index must be an integer >= 0, got {first_index!r}")
         opts = {**self.defaults, **options}
         sampler = sampler or samplers.default_sampler(self.generator)
+        for name in samplers.model_options(sampler):
+            if name in opts:
+                opts[name] = self.companion(opts[name], name)
         used_seed = samplers.check_seed(seed)
         per_image = samplers.takes_row_streams(sampler, self.generator)
         several = len(ids) > batch_size
@@ -210,6 +232,24 @@ class ARPipeline:
                 if output_type == "pil":
                     images = to_pil(images)
                 yield GeneratedBatch(start, chunk, codes, images)
+
+    def companion(self, model: Any, role: str = "draft") -> Any:
+        """The generator of a second model a sampler works with (cspd's ``draft``): a zoo name or folder
+        (loaded once on this pipeline's device and dtype), a pipeline, or a generator as it is. A
+        pipeline's tokenizer must be this one's: the two models write the same tokens."""
+        if isinstance(model, (str, os.PathLike)):
+            key = f"{role}:{model}"
+            if key not in self._companions:
+                from argen.zoo import load
+
+                dtype = next(self.generator.parameters()).dtype
+                self._companions[key] = load(model, device=self.device, dtype=None if dtype == torch.float32 else dtype,
+                                             random_weights=self.random_weights)
+            model = self._companions[key]
+        if isinstance(model, ARPipeline):
+            _check_same_tokenizer(self.tokenizer, model.tokenizer, role)
+            return model.generator
+        return model
 
     def _images(self, codes: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
         if latents is not None:  # the sampler's image is not a function of its codes (more_smooth)

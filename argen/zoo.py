@@ -206,7 +206,9 @@ def _random_pipeline(entry: ZooEntry, device, dtype) -> ARPipeline:
     torch.manual_seed(0)
     gen, tok = family.random_weights(entry.generator_args, entry.tokenizer_args)
     gen = gen.to(device=device, dtype=dtype or torch.float32).eval()
-    return ARPipeline(gen, tok.to(device).eval(), image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+    pipe = ARPipeline(gen, tok.to(device).eval(), image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+    pipe.random_weights = True  # a draft named by this pipeline's samplers is built the same way
+    return pipe
 
 
 ASSETS = Path(os.environ.get("ARGEN_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
@@ -250,6 +252,8 @@ BUNDLED: dict[str, BundledEntry] = {
         _shapes("mar", "MAR-style masked transformer with a diffusion head + KL VAE trained on the shapes set"),
         _shapes("dd-llamagen", "1-2 step distilled-decoding student of shapes-llamagen", name="shapes-llamagen-dd"),
         _shapes("dd-var", "1-2 step distilled-decoding student of shapes-var", name="shapes-var-dd"),
+        _shapes("mar", "a small MAR on shapes-mar's VAE, its draft for speculative decoding (--sampler cspd)",
+                name="shapes-mar-draft"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"

@@ -37,6 +37,9 @@ class SamplerSpec:
     # kinds whose implementation takes per-image streams (argen.samplers.rng.RowStreams): an image then
     # does not depend on the other images of its batch
     row_streams: frozenset[str] = frozenset()
+    # options that name a second model the sampler works with (cspd's draft), and whether it needs one
+    model_options: tuple[str, ...] = ()
+    needs_model: bool = False
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -63,11 +66,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
         {"continuous": sample_cspd},
         "continuous speculative decoding: a draft MAR proposes gamma steps, the target verifies them in one pass "
         "(exact: the distribution of ar with final_noise=True; official: MarkXCloud/CSpD's approximation)",
+        model_options=("draft",),
+        needs_model=True,
     ),
     "dd": SamplerSpec(
         {"distilled": sample_dd},
         "distilled decoding: a student maps noise to the whole sequence in one pass per step (1 or 2 steps)",
         row_streams=frozenset({"distilled"}),
+        model_options=("teacher",),
     ),
 }
 
@@ -85,7 +91,14 @@ def register_sampler(
     old = SAMPLERS.get(name)
     fns = {**(old.fns if old else {}), **{k: fn for k in kinds}}
     rows = (old.row_streams - set(kinds) if old else frozenset()) | (frozenset(kinds) if row_streams else frozenset())
-    SAMPLERS[name] = SamplerSpec(fns, description or (old.description if old else ""), frozenset(rows))
+    SAMPLERS[name] = SamplerSpec(fns, description or (old.description if old else ""), frozenset(rows),
+                                 old.model_options if old else (), old.needs_model if old else False)
+
+
+def model_options(sampler: str) -> tuple[str, ...]:
+    """The options of ``sampler`` that name a second model (a pipeline resolves zoo names and folders)."""
+    spec = SAMPLERS.get(sampler)
+    return spec.model_options if spec is not None else ()
 
 
 def takes_row_streams(sampler: str, model: Generator) -> bool:
@@ -189,6 +202,7 @@ __all__ = [
     "default_sampler",
     "derive_seed",
     "make_rng",
+    "model_options",
     "process_logits",
     "register_sampler",
     "sample",

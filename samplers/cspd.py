@@ -26,6 +26,11 @@ smaller draft MAR proposes the next ``gamma`` masked-generation steps, the targe
 * *Prefill.* Steps 0 .. floor(prefill * num_iter) run on the target alone (the official milestone rule
   step <= ratio * num_iter), where an empty context gives the draft little to agree on.
 
+Why not FlowAR: its tokens come out of a deterministic ODE over a whole scale at once, with no last
+Gaussian step to take a density ratio on (the exact density of an ODE's output needs the divergence
+integral along the path), and the tokens of a scale are not independent given the coarser scales; it has
+5 scales, too few to draft.
+
 Images of a batch advance independently (each at its own step; a pass mixes rows of different steps),
 so one image's rejection never costs another's accepted steps.
 

@@ -70,17 +70,20 @@ def test_batch_splitting_keeps_the_codes_where_the_sampler_promises_it(tiny):
     names = samplers.samplers_for(pipe.generator)
     assert names and samplers.default_sampler(pipe.generator) == names[0]
     for name in names:  # every sampler that drives the family
+        spec = samplers.SAMPLERS[name]
+        # a sampler that needs a second model (cspd's draft) gets the pipeline itself
+        extra = {spec.model_options[0]: pipe} if spec.needs_model else {}
         if samplers.takes_row_streams(name, pipe.generator):  # per-image streams: the batch size does not matter
-            whole = _codes(pipe, seed=5, sampler=name, batch_size=len(IDS))
+            whole = _codes(pipe, seed=5, sampler=name, batch_size=len(IDS), **extra)
             for k in (1, 2):
-                part = _codes(pipe, seed=5, sampler=name, batch_size=k)
+                part = _codes(pipe, seed=5, sampler=name, batch_size=k, **extra)
                 if whole.is_floating_point():  # the same draws; a matmul's round-off may depend on the batch size
                     torch.testing.assert_close(part, whole, atol=1e-5, rtol=1e-5, msg=f"{name}, batches of {k}")
                 else:
                     assert torch.equal(part, whole), (name, k)
         else:  # one stream per batch: the same seed and batch size reproduce
-            a = _codes(pipe, seed=5, sampler=name, batch_size=2)
-            assert torch.equal(a, _codes(pipe, seed=5, sampler=name, batch_size=2)), name
+            a = _codes(pipe, seed=5, sampler=name, batch_size=2, **extra)
+            assert torch.equal(a, _codes(pipe, seed=5, sampler=name, batch_size=2, **extra)), name
         assert pipe.last_stats.batches == 2, name  # the last call: 3 images in batches of 2
 
 

@@ -199,3 +199,53 @@ def test_a_draft_of_another_layout_or_family_is_refused(toy, mar_tiny):
     from exactness import TableModel
     with pytest.raises(ConfigError, match="continuous-token .* got a 'token' one"):
         S.sample(target, [1], sampler="cspd", draft=TableModel())
+
+
+# -- through the pipeline, the CLI and the demo ---------------------------------------------------------------
+DRAFT = "shapes-mar"  # TODO: shapes-mar-draft once bundled
+FAST = dict(num_iter=8, diffusion_steps=10)
+
+
+@pytest.fixture(scope="module")
+def shapes_mar():
+    import argen
+
+    return argen.load("shapes-mar")
+
+
+def test_pipeline_takes_the_draft_by_name_and_reports_acceptance(shapes_mar):
+    images = shapes_mar.generate([0, 1], sampler="cspd", draft=DRAFT, seed=0, gamma=3, **FAST)
+    assert len(images) == 2 and images[0].size == (64, 64)
+    d = shapes_mar.last_stats.as_dict()
+    assert d["sampler"] == "cspd" and d["draft_passes"] > 0 and 0.0 <= d["token_acceptance"] <= 1.0
+    assert d["forward_passes"] <= FAST["num_iter"]
+
+
+def test_a_draft_with_another_tokenizer_is_refused(shapes_mar):
+    with pytest.raises(ConfigError, match="the draft's tokenizer is a VQTokenizer, the target's a KLVAE"):
+        shapes_mar.generate([0], sampler="cspd", draft="shapes-llamagen", **FAST)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--gamma", "0"], "gamma"), (["--prefill", "1"], "prefill"), (["--top-k", "5"], "top_k does not apply"),
+    (["--draft", "shapes-var"], "tokenizer"), ([], "needs a draft model")])
+def test_cli_bad_cspd_input_exits_2(flags, match, capsys, tmp_path):
+    from argen.cli import main
+
+    draft = [] if "--draft" in flags or not flags else ["--draft", DRAFT]
+    code = main(["generate", "--model", "shapes-mar", "--sampler", "cspd", *draft, *flags, "--classes", "0", "-q",
+                 "--out", str(tmp_path / "x.png")])
+    assert code == 2 and match in capsys.readouterr().err
+
+
+def test_cli_generates_with_a_draft(capsys, tmp_path):
+    import json
+
+    from argen.cli import main
+
+    code = main(["generate", "--model", "shapes-mar", "--sampler", "cspd", "--draft", DRAFT, "--gamma", "2",
+                 "--classes", "3", "--num-iter", "8", "--diffusion-steps", "10", "-q",
+                 "--out", str(tmp_path / "g.png")])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["sampler"] == "cspd" and "token_acceptance" in report
+    assert (tmp_path / "g.png").is_file()

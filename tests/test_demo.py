@@ -237,3 +237,21 @@ def test_a_student_gets_the_dd_sampler_and_no_guidance_controls():
     assert app._options("distilled", "dd", 4.0, None, None, None, None, None, None, None, 2, "") == {"steps": 2}
     assert app._options("flow-scale", "ar", None, None, None, None, None, None, None, None, 30, "") == {"num_steps": 30}
     assert not app._controls_for(model_info("shapes-llamagen"))["num_steps"]["visible"]
+
+
+def test_cspd_takes_a_served_draft_and_shows_acceptance():
+    controls = app._controls_for(model_info("shapes-mar"), sampler="cspd")
+    assert controls["draft"]["visible"] and controls["gamma"]["visible"] and "cspd" in controls["sampler"]["choices"]
+    assert not app._controls_for(model_info("shapes-mar"))["draft"]["visible"]
+    app.configure(["shapes-mar", "shapes-mar-draft"])
+    try:
+        outs = list(app.generate("shapes-mar", "cspd", [2], n_images=1, seed=0, preview_every=0, num_iter=8,
+                                 diffusion_steps=10, draft="shapes-mar-draft", gamma=2))
+        table = dict(outs[-1][2])
+        assert table["sampler"] == "cspd" and "token_acceptance" in table and "draft_passes" in table
+        with pytest.raises(gr.Error, match="needs a draft model"):
+            list(app.generate("shapes-mar", "cspd", [2], n_images=1, preview_every=0, draft=None))
+        with pytest.raises(gr.Error, match="this demo serves"):
+            list(app.generate("shapes-mar", "cspd", [2], n_images=1, preview_every=0, draft="mar-base"))
+    finally:
+        app.configure([MODEL])
