@@ -205,17 +205,21 @@ def _stop_step(first_rejected: torch.Tensor, drafted: torch.Tensor) -> torch.Ten
 
 
 def _exact(model: ContinuousGenerator, draft: ContinuousGenerator, run: _Run, temb: tuple, demb: tuple,
-           tokens: torch.Tensor, start: int, gamma: int, max_tries: int, bar: Any) -> None:
-    """Rounds of ``gamma`` drafted steps, verified step by step, each image at its own step (module doc)."""
+           tokens: torch.Tensor, start: int, gamma: int, adaptive: bool, max_tries: int, bar: Any) -> None:
+    """Rounds of up to ``gamma`` drafted steps, verified step by step, each image at its own step (module
+    doc). ``adaptive``: an image drafts one step more than it kept in its last round (at most ``gamma``),
+    so a draft that is seldom kept costs one draft pass per target pass instead of ``gamma``; the length
+    depends on earlier rounds only, which keeps every step's draw exact."""
     b, k_total, dev = tokens.shape[0], run.num_iter, tokens.device
     stats = run.stats
     pos = torch.full((b,), start, device=dev)
+    length = torch.full((b,), gamma, device=dev)
     while True:
         active = (pos < k_total).nonzero().squeeze(1)
         if active.numel() == 0:
             return
         at = pos[active]
-        g = (k_total - at).clamp(max=gamma)
+        g = torch.minimum(k_total - at, length[active])
         work = tokens[active].clone()
         q_mean, q_log_std = torch.zeros_like(work), torch.zeros_like(work)
         for j in range(gamma):  # draft: step at + j for the images with that many steps left
@@ -267,6 +271,8 @@ def _exact(model: ContinuousGenerator, draft: ContinuousGenerator, run: _Run, te
         tokens[active[a[keep]], p[keep]] = out[keep]
         advance = torch.where((first < g) | bonus, first + 1, first)
         pos[active] = at + advance
+        if adaptive:
+            length[active] = (first + 1).clamp(1, gamma)
         stats.steps_drafted += int(torch.minimum(first + 1, g).sum())
         stats.steps_accepted += int(first.sum())
         verified = keep & drafted
@@ -338,6 +344,7 @@ def sample_cspd(
     gamma: int = 4,
     prefill: float = 0.15,
     variant: str = "exact",
+    adaptive: bool = True,
     num_iter: int | None = None,
     diffusion_steps: int | None = None,
     order: str = "random",
@@ -350,6 +357,7 @@ def sample_cspd(
     """Tokens (B, L, C) for class ids ``cond`` with ``draft`` proposing ``gamma`` steps per target pass.
     ``variant`` 'exact' (the distribution of ``ar`` with ``final_noise=True``) or 'official'
     (MarkXCloud/CSpD's approximate procedure; ``inner_temperature`` is its acceptance temperature).
+    ``adaptive`` (exact): each image drafts one step more than it kept last round, ``gamma`` at most.
     ``num_iter``, ``diffusion_steps`` (both models' reverse steps: the chains share their noise),
     ``order``: as plain ``ar``. Stats: ``forward_passes`` counts the target's sequential passes,
     ``draft_passes`` the draft's; acceptance per drafted step and per token. ``callback(step, tokens)``
@@ -381,7 +389,7 @@ def sample_cspd(
         _prefill(model, run, temb, tokens, first, final_noise=variant == "exact")
         bar.update(first)
         if variant == "exact":
-            _exact(model, draft, run, temb, demb, tokens, first, gamma, int(max_residual_tries), bar)
+            _exact(model, draft, run, temb, demb, tokens, first, gamma, bool(adaptive), int(max_residual_tries), bar)
         else:
             _official(model, draft, run, temb, demb, tokens, first, gamma, float(inner_temperature), bar)
     if callback is not None:

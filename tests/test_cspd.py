@@ -62,7 +62,7 @@ def test_acceptance_rate_is_one_minus_tv_and_output_follows_p(gap):
 # -- exactness on the toy MAR -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("options", [
     dict(gamma=2, prefill=0.0),
-    dict(gamma=3, prefill=0.25, cfg_scale=1.0, temperature=0.8),
+    dict(gamma=3, prefill=0.25, cfg_scale=1.0, temperature=0.8, adaptive=False),
 ])
 def test_exact_cspd_samples_what_ar_samples(toy, options):
     target, draft, _ = toy
@@ -163,6 +163,12 @@ def test_identical_draft_is_always_accepted_and_samples_ar(mar_tiny):
     assert verdict.passed, str(verdict)
 
 
+@pytest.mark.parametrize("schedule", [[5, 7], [16], [3, 0], [], [4.5]])
+def test_a_bad_explicit_schedule_is_a_one_line_error(mar_tiny, schedule):
+    with pytest.raises(ConfigError, match="schedule must list, per step, the tokens left masked"):
+        S.sample(mar_tiny, [1], sampler="ar", schedule=schedule)
+
+
 def test_final_noise_draws_the_last_step(mar_tiny):
     a, _ = S.sample(mar_tiny, [1, 2], sampler="ar", seed=0, num_iter=4)
     b, _ = S.sample(mar_tiny, [1, 2], sampler="ar", seed=0, num_iter=4, final_noise=True)
@@ -202,7 +208,7 @@ def test_a_draft_of_another_layout_or_family_is_refused(toy, mar_tiny):
 
 
 # -- through the pipeline, the CLI and the demo ---------------------------------------------------------------
-DRAFT = "shapes-mar"  # TODO: shapes-mar-draft once bundled
+DRAFT = "shapes-mar-draft"
 FAST = dict(num_iter=8, diffusion_steps=10)
 
 
