@@ -218,7 +218,9 @@ def _stats_rows(model: str, ids: list[int], done: Finished) -> list[list[str]]:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     rows = [["model", model], ["images", str(len(ids))]]
-    rows += [[k, fmt(v)] for k, v in done.stats.items() if v not in (None, [], 0) or k == "seed"]
+    # zeros are noise except where they are the news (a draft none of whose tokens were kept)
+    rows += [[k, fmt(v)] for k, v in done.stats.items()
+             if v not in (None, [], 0) or k == "seed" or k.endswith("acceptance")]
     rows += [["previews", str(done.previews)], ["preview decoding s", fmt(done.preview_s)]]
     return rows
 

@@ -14,8 +14,9 @@ Per pair and batch size, four ways to sample the target, each with the same clas
 Reported: target passes per image (sequential: a batched verification pass counts once), draft passes,
 head chains (target and draft), acceptance per drafted step and per token, wall-clock (median), and each
 one's ratio to ``ar``. Pairs: ``shapes`` (the bundled shapes-mar and its draft shapes-mar-draft, trained
-weights, their shipped sampling defaults) and ``mar-b-l`` (MAR-B drafting MAR-L, official architectures
-with seeded random weights). The official code hard-codes CUDA, so it is not timed here.
+weights, their shipped sampling defaults), ``shapes-self`` (shapes-mar drafting for itself: all drafts
+kept, the most verification can save) and ``mar-b-l`` (MAR-B drafting MAR-L, official architectures with
+seeded random weights). The official code hard-codes CUDA, so it is not timed here.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from argen.samplers.cspd import coarse_schedule
 # target, draft, options (None: the target's shipped defaults), random weights
 PAIRS = {
     "shapes": ("shapes-mar", "shapes-mar-draft", None, False),
+    # the target drafting for itself: every token kept, the ceiling of what verification can save
+    "shapes-self": ("shapes-mar", "shapes-mar", None, False),
     "mar-b-l": ("mar-large", "mar-base", {"cfg_scale": 3.0, "cfg_schedule": "linear", "temperature": 1.0}, True),
 }
 
