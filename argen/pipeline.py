@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -63,6 +63,16 @@ def _fits_in_memory(rows: int, device: torch.device) -> Iterator[None]:
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise ConfigError(f"a batch of {rows} images does not fit in {torch.device(device).type} memory ({first}); "
                           "use a smaller batch_size (CLI: --batch-size)") from None
+
+
+# how a model named in a sampler option (cspd's draft) is loaded: argen.zoo.load, which sits above this module
+# and registers itself when imported (argen/__init__ imports it)
+_MODEL_LOADER: Callable[..., "ARPipeline"] | None = None
+
+
+def set_model_loader(loader: Callable[..., "ARPipeline"]) -> None:
+    global _MODEL_LOADER
+    _MODEL_LOADER = loader
 
 
 def _check_same_tokenizer(mine: Any, theirs: Any, role: str) -> None:
@@ -206,7 +216,8 @@ class ARPipeline:
             raise ConfigError(f"first_index must be an integer >= 0, got {first_index!r}")
         opts = {**self.defaults, **options}
         sampler = sampler or samplers.default_sampler(self.generator)
-        for name in samplers.model_options(sampler):
+        drives = sampler in samplers.samplers_for(self.generator)  # else sample() names the samplers that do
+        for name in samplers.model_options(sampler) if drives else ():
             if name in opts:
                 opts[name] = self.companion(opts[name], name)
         used_seed = samplers.check_seed(seed)
@@ -240,11 +251,10 @@ class ARPipeline:
         if isinstance(model, (str, os.PathLike)):
             key = f"{role}:{model}"
             if key not in self._companions:
-                from argen.zoo import load
-
                 dtype = next(self.generator.parameters()).dtype
-                self._companions[key] = load(model, device=self.device, dtype=None if dtype == torch.float32 else dtype,
-                                             random_weights=self.random_weights)
+                self._companions[key] = _MODEL_LOADER(model, device=self.device,
+                                                      dtype=None if dtype == torch.float32 else dtype,
+                                                      random_weights=self.random_weights)
             model = self._companions[key]
         if isinstance(model, ARPipeline):
             _check_same_tokenizer(self.tokenizer, model.tokenizer, role)

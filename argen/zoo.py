@@ -15,7 +15,7 @@ from argen.errors import ConfigError, UnknownModelError
 from argen.families import get_family
 from argen.families.mar import MAR_EVAL
 from argen.hub import resolve_file
-from argen.pipeline import INDEX_NAME, ARPipeline
+from argen.pipeline import INDEX_NAME, ARPipeline, set_model_loader
 
 LLAMAGEN_REPO = "FoundationVision/LlamaGen"
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i.py labels: the default classes
@@ -313,3 +313,6 @@ def load(
     }
     gen, tok = family.load_official(paths, entry.generator_args, entry.tokenizer_args, device, dtype)
     return ARPipeline(gen, tok, image_size=entry.image_size, defaults=entry.defaults, name=entry.name)
+
+
+set_model_loader(load)

@@ -255,3 +255,13 @@ def test_cli_generates_with_a_draft(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["sampler"] == "cspd" and "token_acceptance" in report
     assert (tmp_path / "g.png").is_file()
+
+
+def test_bench_reports_the_drafts_share(shapes_mar):
+    from argen.bench import run_bench
+
+    report = run_bench(shapes_mar, ["cspd:draft=shapes-mar-draft,gamma=2"], batch_sizes=[2], repeats=1,
+                       sampling=FAST, warmup=False)
+    base, spec = report["results"]
+    assert base["sampler"] == "ar" and "draft_passes" not in base
+    assert spec["draft_passes"] > 0 and 0.0 <= spec["token_acceptance"] <= 1.0 and spec["head_evaluations"] > 0
