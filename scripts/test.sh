@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 "${ARGEN_VENV:-.venv}/bin/ruff" check .  # style: pyproject.toml's [tool.ruff] (line length, import order, pyflakes)
-"${ARGEN_VENV:-.venv}/bin/python" -m pytest -q "$@"
+# pytest's own entry point, not `python -m pytest`: the latter puts the repository root on sys.path, where its
+# tokenizers/ and samplers/ folders (installed as argen.tokenizers / argen.samplers) would shadow Hugging Face's
+# `tokenizers`, which transformers imports
+"${ARGEN_VENV:-.venv}/bin/pytest" -q "$@"

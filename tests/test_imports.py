@@ -90,3 +90,12 @@ def test_every_package_is_installed():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {mod for mod, path in _modules().items() if path.name == "__init__.py"}
     assert found == listed
+
+
+def test_the_repository_root_does_not_shadow_top_level_packages():
+    """The test command keeps the repository root off sys.path (scripts/test.sh runs pytest's own entry point),
+    so the top-level name `tokenizers` is Hugging Face's library (or absent), never this repository's folder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tokenizers")
+    assert spec is None or spec.origin is None or Path(spec.origin).parent != REPO / "tokenizers"
