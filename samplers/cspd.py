@@ -92,9 +92,8 @@ def coarse_schedule(seq_len: int, num_iter: int, gamma: int, prefill: float = 0.
     then one step per verified chunk (ending at steps k with k % gamma == 0, and the last). Pass it
     as ``schedule=`` to plain ``ar`` for the target alone at that schedule."""
     lefts = mask_lengths(seq_len, num_iter)
-    out = lefts[: prefill_steps(num_iter, prefill)]
-    out += [left for k, left in enumerate(lefts) if k >= len(out) and (k % gamma == 0 or k == num_iter - 1)]
-    return out
+    first = prefill_steps(num_iter, prefill)
+    return lefts[:first] + [left for k, left in enumerate(lefts[first:], first) if k % gamma == 0 or k == num_iter - 1]
 
 
 def _check_options(gamma: Any, prefill: Any, variant: Any, temperature: float) -> None:
@@ -122,24 +121,27 @@ class _Run:
     noise: torch.Tensor  # (B, L, steps, C) each token's noise per reverse step (index 0: the last step)
     stats: SamplerStats
 
+    def __post_init__(self) -> None:
+        """Per-step tables, indexed by a tensor of steps: tokens masked before and after each step, its guidance."""
+        dev = self.rank.device
+        self._before = torch.tensor([self.seq_len] + self.lefts[:-1], device=dev)
+        self._after = torch.tensor(self.lefts[:-1] + [0], device=dev)
+        self._guidance = (None if self.opts.cfg_scale == 1.0 else
+                          torch.tensor([guidance_at(self.opts, self.seq_len, left) for left in self.lefts], device=dev))
+
     @property
     def num_iter(self) -> int:
         return len(self.lefts)
 
     def before(self, step: torch.Tensor) -> torch.Tensor:
         """Tokens masked before each of ``step`` (R,)."""
-        t = torch.tensor([self.seq_len] + self.lefts[:-1], device=step.device)
-        return t[step]
+        return self._before[step]
 
     def after(self, step: torch.Tensor) -> torch.Tensor:
-        t = torch.tensor(self.lefts[:-1] + [0], device=step.device)
-        return t[step]
+        return self._after[step]
 
     def guidance(self, step: torch.Tensor) -> torch.Tensor | None:
-        if self.opts.cfg_scale == 1.0:
-            return None
-        t = torch.tensor([guidance_at(self.opts, self.seq_len, left) for left in self.lefts], device=step.device)
-        return t[step]
+        return None if self._guidance is None else self._guidance[step]
 
     def masks(self, images: torch.Tensor, first: torch.Tensor, last: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +269,9 @@ def _exact(model: ContinuousGenerator, draft: ContinuousGenerator, run: _Run, te
             out[fix] = draws.to(out.dtype)
             stats.residual_fallbacks += fallbacks
         new = keep & ~drafted  # the bonus step, where every drafted step was kept
-        out[new] = target.draw(run.noise[active[a], p, 0])[new].to(out.dtype)
+        if bool(new.any()):
+            bonus_p = Gaussian(target.mean[new], target.log_std[new])
+            out[new] = bonus_p.draw(run.noise[active[a[new]], p[new], 0]).to(out.dtype)
         tokens[active[a[keep]], p[keep]] = out[keep]
         advance = torch.where((first < g) | bonus, first + 1, first)
         pos[active] = at + advance

@@ -348,9 +348,9 @@ class MAR(Pretrained):
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
         keep = ~self._with_buffer(mask)
         counts = keep.sum(1)
-        ragged = bool((counts != counts[0]).any())
-        slots = _kept_slots(keep) if ragged else keep.nonzero()[:, 1].reshape(b, -1)
+        slots = _kept_slots(keep)
         x = x.gather(1, slots[..., None].expand(-1, -1, d))
+        ragged = bool((counts != counts[0]).any())
         bias, rope = self._position_terms(b, x.device, self.config.encoder_num_heads, d, slots)
         if ragged:
             padding = torch.arange(slots.shape[1], device=x.device)[None] >= counts[:, None]
