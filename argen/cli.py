@@ -212,6 +212,10 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train import train_tokenizer
     from argen.train.tokenizer import tokenizer_config
 
+    if args.kind == "palette":
+        return _fit_palette(args)
+    if args.palette_images is not None or args.palette_pixels is not None:
+        raise ConfigError("--palette-images / --palette-pixels are for --kind palette")
     common = dict(ch=args.ch, z_channels=args.z_channels, num_res_blocks=args.num_res_blocks,
                   norm_groups=args.norm_groups)
     if args.encoder is not None and args.kind == "kl":
@@ -239,6 +243,24 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
                           perceptual_weight=args.perceptual_weight, disc_weight=args.disc_weight,
                           disc_start=args.disc_start, dead_code_threshold=args.dead_code_threshold,
                           kl_weight=args.kl_weight)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def _fit_palette(args: argparse.Namespace) -> int:
+    """`argen train tokenizer --kind palette`: k-means colours, no network to train."""
+    from argen.train.palette import fit_palette
+
+    nets = {"--ch": args.ch, "--ch-mult": args.ch_mult, "--num-res-blocks": args.num_res_blocks,
+            "--z-channels": args.z_channels, "--norm-groups": args.norm_groups, "--codebook-dim": args.codebook_dim,
+            "--encoder": args.encoder, "--patch-nums": args.patch_nums, "--perceptual-weights": args.perceptual_weights}
+    given = [flag for flag, value in nets.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: options of a trained tokenizer; a palette (--kind palette) is "
+                          "fitted by k-means and takes --codebook-size, --palette-images, --palette-pixels, --seed")
+    out = fit_palette(args.out, args.data, args.resolution, args.codebook_size or 16,
+                      images=args.palette_images or 512, pixels_per_image=args.palette_pixels or 256,
+                      seed=args.seed, progress=not args.quiet)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -363,11 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a tokenizer or a generator (accelerate; torchrun works too)")
     tsub = t.add_subparsers(dest="what", required=True)
-    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer, VAR's multi-scale VQ-VAE or a KL VAE (MAR, FlowAR)")
+    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer, VAR's multi-scale VQ-VAE, a KL VAE (MAR, FlowAR) or a "
+                                          "colour palette (pixel-wise)")
     _train_args(tt, steps=2000, batch=32, lr=2e-4)
-    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale", "kl"],
+    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale", "kl", "palette"],
                     help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE; "
-                         "kl: MAR's KL VAE (continuous tokens)")
+                         "kl: MAR's KL VAE (continuous tokens); palette: image-GPT-style colour palette fitted by "
+                         "k-means (pixel-wise generators; --codebook-size colours, default 16)")
+    tt.add_argument("--palette-images", type=int, help="palette: images sampled (default 512)")
+    tt.add_argument("--palette-pixels", type=int, help="palette: random pixels per image (default 256)")
     tt.add_argument("--kl-weight", type=float, default=1e-6, help="kl: weight of the KL term (LDM's 1e-6)")
     tt.add_argument("--patch-nums", type=int, nargs="+",
                     help="multiscale: the scales (default: VAR's, cut at the latent size)")
@@ -399,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "folder or hub id (its own scaling factor)")
     trainable = [f for f in families() if f.trainable]
     kinds = dict.fromkeys(f.tokenizer_kind for f in trainable)
-    tg.add_argument("--kind", choices=[f.name for f in trainable],
+    tg.add_argument("--kind", choices=[n for f in trainable for n in (f.name, *f.aliases)],
                     help="generator family (default: from the tokenizer's kind: "
                          + ", ".join(f"{k}: {family_for_tokenizer(k).name}" for k in kinds) + ")")
     tg.add_argument("--dim", type=int, help="width")
@@ -496,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="family", required=True)
     for fam in families():  # one subcommand per family with a converter, its arguments from its record
         if fam.convert is not None:
-            cf = csub.add_parser(fam.name, help=fam.description)
+            cf = csub.add_parser(fam.name, aliases=list(fam.aliases), help=fam.description)
             for a in fam.convert_args:
                 cf.add_argument(*a.flags, **a.options)
             cf.add_argument("--weights", choices=WEIGHTS, default="auto",

@@ -1,7 +1,7 @@
 """argen.tokenizers: images <-> codes.
 
 The protocol every tokenizer follows (per kind: :mod:`argen.tokenizers.protocol`): ``kind``
-('discrete', 'multiscale' or 'continuous' today), ``encode(images) -> codes``,
+('discrete', 'pixels', 'multiscale' or 'continuous'), ``encode(images) -> codes``,
 ``decode(codes) -> images`` with images as float tensors in [-1, 1], NCHW, ``codebook_size``
 (discrete kinds) and ``latent_grid(image_size) -> (h, w)``. Continuous tokenizers code images as
 scaled latents (B, ``latent_channels``, h, w) and take ``encode(images, sample=False,
@@ -11,7 +11,8 @@ from argen.tokenizers.diffusers_vae import DiffusersVAE
 from argen.tokenizers.kl import KLVAE, KLConfig
 from argen.tokenizers.loading import is_diffusers_vae_folder, load_tokenizer
 from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
+from argen.tokenizers.palette import PaletteConfig, PaletteTokenizer
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
-__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "VQConfig", "VQTokenizer",
+__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "PaletteConfig", "PaletteTokenizer", "VQConfig", "VQTokenizer",
            "is_diffusers_vae_folder", "load_tokenizer"]

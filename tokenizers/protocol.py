@@ -63,8 +63,14 @@ class ContinuousTokenizer(Tokenizer, Protocol):
                generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
+class PixelTokenizer(DiscreteTokenizer, Protocol):
+    """One code per pixel (``downsample`` 1): a colour palette's ids (B, H, W) (image-GPT); its
+    ``code_vectors`` are the colours (K, 3) in [-1, 1]."""
+
+
 TOKENIZER_PROTOCOLS: dict[str, type] = {
     "discrete": DiscreteTokenizer,
+    "pixels": PixelTokenizer,
     "multiscale": MultiScaleTokenizer,
     "continuous": ContinuousTokenizer,
 }

@@ -141,6 +141,8 @@ class Family:
     # two_step_t, split) -> (the student, initialised from the teacher, unbound; an init report)
     distils: str | None = None
     from_teacher: Callable[..., tuple[Any, dict[str, float]]] | None = None
+    # other names the family answers to (`--kind pixel` for image-GPT; `argen convert` takes them too)
+    aliases: tuple[str, ...] = ()
 
     @property
     def config_class(self) -> type:
@@ -180,16 +182,17 @@ def register_family(family: Family) -> Family:
     tokenizer_protocol(family.tokenizer_kind)
     if (family.distils is None) != (family.from_teacher is None):
         raise ConfigError(f"family {family.name!r}: a student family sets both distils and from_teacher")
-    if family.name in _FAMILIES:
-        raise ConfigError(f"a generator family named {family.name!r} is already registered")
+    taken = set(_FAMILIES) | {a for f in _FAMILIES.values() for a in f.aliases}
+    for name in (family.name, *family.aliases):
+        if name in taken:
+            raise ConfigError(f"a generator family named {name!r} is already registered")
     _FAMILIES[family.name] = family
     return family
 
 
 def unregister_family(name: str) -> None:
     """Remove a family added with :func:`register_family` (tests, plugins)."""
-    get_family(name)
-    del _FAMILIES[name]
+    del _FAMILIES[get_family(name).name]
 
 
 def families() -> list[Family]:
@@ -199,9 +202,12 @@ def families() -> list[Family]:
 
 def get_family(name: str) -> Family:
     """The family named ``name``; unknown names are an error listing the known ones."""
-    if name not in _FAMILIES:
-        raise ConfigError(f"unknown generator family {name!r}; known: {', '.join(_FAMILIES)}")
-    return _FAMILIES[name]
+    if name in _FAMILIES:
+        return _FAMILIES[name]
+    for f in _FAMILIES.values():
+        if name in f.aliases:
+            return f
+    raise ConfigError(f"unknown generator family {name!r}; known: {', '.join(_FAMILIES)}")
 
 
 def family_of(generator: Any) -> Family:
