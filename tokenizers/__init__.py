@@ -14,5 +14,5 @@ from argen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.palette import PaletteConfig, PaletteTokenizer
 from argen.tokenizers.vq import VQConfig, VQTokenizer
 
-__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "PaletteConfig", "PaletteTokenizer", "VQConfig", "VQTokenizer",
-           "is_diffusers_vae_folder", "load_tokenizer"]
+__all__ = ["DiffusersVAE", "KLConfig", "KLVAE", "MultiScaleVQConfig", "MultiScaleVQVAE", "PaletteConfig",
+           "PaletteTokenizer", "VQConfig", "VQTokenizer", "is_diffusers_vae_folder", "load_tokenizer"]
