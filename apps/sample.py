@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import argen
-    from argen.errors import ArgenError
+    from argen.errors import ArgenError, ConfigError
     from argen.eval.sampling import class_labels, sample_to_npz
     from argen.options import parse_key_values
     from argen.train import TrainSettings
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         with acc.main_process_first():  # one download, the others read the cache
             pipe = argen.load(args.model, device=acc.device, checkpoint_dir=args.checkpoint_dir,
                               dtype=getattr(torch, args.dtype) if args.dtype else None)
-        classes = args.classes if args.classes else range(pipe.generator.num_classes)
+        if not pipe.conditional and args.classes:
+            raise ConfigError(f"{args.model} is unconditional: give --per-class N (images), no --classes")
+        classes = args.classes if args.classes else range(max(pipe.generator.num_classes, 1))
         path = sample_to_npz(pipe, args.outdir, labels=class_labels(classes, args.per_class), seed=args.seed,
                              batch_size=args.batch_size, sampler=args.sampler, png=args.png, accelerator=acc,
                              progress=not args.quiet, **parse_key_values(args.option))

@@ -72,7 +72,9 @@ def run_bench(
     specs = [baseline] + [s for s in samplers if s != baseline]
     parsed = {s: parse_sampler(s) for s in specs}
     n_classes = pipe.generator.num_classes
-    pool = list(classes) if classes else list(range(min(n_classes, 16)))
+    if classes and not pipe.conditional:
+        raise ConfigError(f"{pipe.name or 'the model'} is unconditional: benchmark it without classes")
+    pool = list(classes) if classes else list(range(max(min(n_classes, 16), 1)))
     sampling = dict(sampling or {})
     results = []
     for bs in batch_sizes:
@@ -84,8 +86,9 @@ def run_bench(
         def once(spec: str, s: int, r: int) -> tuple[float, Any]:
             name, opts = parsed[spec]
             labels = [pool[(r * bs + i) % len(pool)] for i in range(bs)]
+            rows = {"classes": labels} if pipe.conditional else {"num_images": bs}
             t = time.perf_counter()
-            pipe.generate(labels, sampler=name, seed=s, output_type="pt", **sampling, **opts)
+            pipe.generate(**rows, sampler=name, seed=s, output_type="pt", **sampling, **opts)
             return time.perf_counter() - t, pipe.last_stats
 
         for spec in specs if warmup else []:  # warm-up (allocations, kernels), not timed

@@ -50,13 +50,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from argen.zoo import DEFAULT_MODEL, IMAGENET_DEMO_CLASSES
 
     pipe = argen.load(args.model or DEFAULT_MODEL, **_load_args(args))
-    classes = args.classes
-    if not classes:
-        n = pipe.generator.num_classes
-        classes = IMAGENET_DEMO_CLASSES if n == 1000 else list(range(n if n <= 16 else 8))
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
-    ids = [c for c in pipe.resolve_classes(classes) for _ in range(args.per_class)]
+    classes = args.classes
+    if not pipe.conditional:  # -n images of an unconditional model (image-GPT)
+        ids = pipe.condition_ids(classes, args.per_class)
+    else:
+        if not classes:
+            n = pipe.generator.num_classes
+            classes = IMAGENET_DEMO_CLASSES if n == 1000 else list(range(n if n <= 16 else 8))
+        ids = [c for c in pipe.resolve_classes(classes) for _ in range(args.per_class)]
     opts = {
         k: v
         for k, v in dict(
@@ -96,11 +99,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     digits = max(4, len(str(len(ids) - 1)))
     shown = []  # the grid's images: the first --grid-max, so a request of any size runs in bounded memory
-    for batch in pipe.generate_batches(ids, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size,
+    rows = {"classes": ids} if pipe.conditional else {"num_images": len(ids)}
+    for batch in pipe.generate_batches(**rows, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size,
                                        progress=not args.quiet, **opts):
         for i, (c, im) in enumerate(zip(batch.classes, batch.images), start=batch.start):
             if folder is not None:
-                im.save(folder / f"{i:0{digits}d}_class{c}.png")
+                im.save(folder / (f"{i:0{digits}d}_class{c}.png" if pipe.conditional else f"{i:0{digits}d}.png"))
             if len(shown) < args.grid_max:
                 shown.append(im)
     out = Path(args.out)
@@ -111,7 +115,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"argen: note: the grid {out} shows the first {len(shown)} of {len(ids)} images ({where}; "
               "--grid-max sets the cap)", file=sys.stderr)
     report = {"grid": str(out), "grid_images": len(shown), "images": len(ids),
-              "saved_to": str(folder) if folder else None, "classes": list(dict.fromkeys(ids)),
+              "saved_to": str(folder) if folder else None,
+              "classes": list(dict.fromkeys(ids)) if pipe.conditional else None,
               "per_class": args.per_class, **pipe.last_stats.as_dict()}
     print(json.dumps(report))
     return 0
@@ -340,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", "-m",
                    help="zoo name (see `argen models`) or a pretrained folder; default: the bundled model")
     g.add_argument("--classes", "-c", nargs="+", help="class ids or names (default: a demo set)")
-    g.add_argument("--per-class", "-n", type=int, default=1, help="images per class")
+    g.add_argument("--per-class", "-n", type=int, default=1,
+                   help="images per class (an unconditional model such as image-GPT: images)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sampler", help="ar (plain, token- or scale-wise), sjd (speculative Jacobi, token-wise), cspd "
                                      "(continuous speculative decoding with --draft, MAR) or dd (distilled students); "

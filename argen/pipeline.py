@@ -154,23 +154,49 @@ class ARPipeline:
                 out.append(int(c))
         return out
 
+    @property
+    def conditional(self) -> bool:
+        """False for an unconditional model (image-GPT): it takes a number of images, not classes."""
+        return bool(getattr(self.generator, "conditional", True))
+
+    def condition_ids(self, classes: Sequence[int | str] | int | str | None, num_images: int | None = None) -> list[int]:
+        """The rows of a request: class ids (names resolved) for a class-conditional model; ``num_images``
+        copies of its one condition (id 0) for an unconditional one. Asking the wrong way is an error."""
+        given = classes is not None and not (isinstance(classes, (list, tuple)) and not classes)
+        if not self.conditional:
+            if given:
+                raise ConfigError(f"{self.name or 'this model'} is unconditional: it takes no classes; ask for a "
+                                  "number of images (num_images=N; CLI: -n N)")
+            if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+                raise ConfigError(f"an unconditional model needs num_images, an integer >= 1 (got {num_images!r})")
+            return [0] * num_images
+        if num_images is not None:
+            raise ConfigError("num_images is for unconditional models; a class-conditional one takes classes "
+                              "(repeat a class for several images of it)")
+        if not given:
+            raise ConfigError(f"{self.name or 'this model'} is class-conditional: give classes (ids or names)")
+        return self.resolve_classes(classes)
+
     def generate(
         self,
-        classes: Sequence[int | str] | int | str,
+        classes: Sequence[int | str] | int | str | None = None,
         *,
+        num_images: int | None = None,
         seed: int | None = None,
         sampler: str | None = None,
         output_type: str = "pil",
         **options: Any,
     ) -> list[Image.Image] | torch.Tensor:
-        """Generate one image per entry of ``classes``. Sampling options (cfg_scale, cfg_interval,
+        """Generate one image per entry of ``classes`` (an unconditional model: ``num_images``). Sampling
+        options (cfg_scale, cfg_interval,
         temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card; ``sampler``
         to the first that drives the model (:func:`argen.samplers.default_sampler`: ``ar``, or ``dd`` for a student).
         ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'. The request runs in
         batches of ``batch_size`` (default :func:`default_batch_size` of the device); ``progress``,
         ``first_index`` and how seeds and batch sizes relate: see :meth:`generate_batches`, which
         yields the batches as they finish, for requests too big to hold in memory."""
-        batches = list(self.generate_batches(classes, seed=seed, sampler=sampler, output_type=output_type, **options))
+        batches = list(self.generate_batches(classes, num_images=num_images, seed=seed, sampler=sampler,
+                                             output_type=output_type, **options))
         self.last_codes = torch.cat([b.codes for b in batches])
         if output_type == "codes":
             return self.last_codes
@@ -180,8 +206,9 @@ class ARPipeline:
 
     def generate_batches(
         self,
-        classes: Sequence[int | str] | int | str,
+        classes: Sequence[int | str] | int | str | None = None,
         *,
+        num_images: int | None = None,
         seed: int | None = None,
         sampler: str | None = None,
         batch_size: int | None = None,
@@ -205,7 +232,7 @@ class ARPipeline:
 
         if output_type not in ("pil", "pt", "codes"):
             raise ConfigError(f"output_type must be 'pil', 'pt' or 'codes', got {output_type!r}")
-        ids = self.resolve_classes(classes)
+        ids = self.condition_ids(classes, num_images)
         if not ids:
             raise ConfigError("no classes given: nothing to generate")
         if batch_size is None:

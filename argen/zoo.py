@@ -13,6 +13,7 @@ import torch
 
 from argen.errors import ConfigError, UnknownModelError
 from argen.families import get_family
+from argen.families.igpt import IGPT_DEFAULTS
 from argen.families.mar import MAR_EVAL
 from argen.hub import resolve_file
 from argen.pipeline import INDEX_NAME, ARPipeline, set_model_loader
@@ -154,6 +155,22 @@ def _flowar(size: str, preset: str, steps: int, cfg: float, guidance: float, par
     )
 
 
+def _igpt(size: str, params: str) -> ZooEntry:
+    # transformers-format releases: the palette is the image processor's clusters
+    return ZooEntry(
+        name=f"igpt-{size[0]}",
+        family="igpt",
+        description=f"image-GPT-{size[0].upper()} (OpenAI), unconditional 32x32 pixels over a 512-colour palette, "
+                    "ImageNet",
+        image_size=32,
+        repo_id=f"openai/imagegpt-{size}",
+        files={"generator": "pytorch_model.bin", "config": "config.json", "tokenizer": "preprocessor_config.json"},
+        generator_args={"preset": f"igpt-{size[0]}"},
+        defaults=dict(IGPT_DEFAULTS),
+        params=params,
+    )
+
+
 OFFICIAL: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -180,6 +197,9 @@ OFFICIAL: dict[str, ZooEntry] = {
         _dd_var(16, "328M"),
         _dd_var(20, "635M"),
         _dd_var(24, "1.09B"),
+        _igpt("small", "76M"),
+        _igpt("medium", "455M"),
+        _igpt("large", "1.4B"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name

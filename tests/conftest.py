@@ -228,8 +228,27 @@ def _tiny_dd_var():
                        **dd), vae, {}
 
 
+def tiny_igpt(num_classes: int = 10, side: int = 8, colours: int = 8, **overrides):
+    """A tiny image-GPT (``side`` x ``side`` pixels, GPT-2 init, no dropout) on a random palette, bound:
+    class-conditional with a null class, or unconditional (``num_classes`` 0) as the released ones."""
+    from argen.generators.igpt import ImageGPT, ImageGPTConfig
+    from argen.tokenizers.palette import PaletteTokenizer
+
+    args = dict(vocab_size=colours + 1, n_positions=side * side, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                embd_pdrop=0.0, attn_pdrop=0.0, num_classes=num_classes, class_dropout_prob=0.1 if num_classes else 0.0)
+    gen = ImageGPT(ImageGPTConfig(**{**args, **overrides}))
+    gen.init_weights()
+    tok = PaletteTokenizer.from_colours(torch.rand(colours, 3) * 2 - 1)
+    return gen.bind_tokenizer(tok), tok
+
+
+def _tiny_igpt():
+    gen, tok = tiny_igpt()
+    return gen, tok, {"cfg_scale": 1.5, "top_k": 4}
+
+
 TINY_PIPELINES = {"llamagen": _tiny_llamagen, "var": _tiny_var, "mar": _tiny_mar, "flowar": _tiny_flowar,
-                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var}
+                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var, "igpt": _tiny_igpt}
 
 
 def tiny_family_pipe(family: str):

@@ -52,17 +52,19 @@ def read_palette(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise CheckpointError(f"palette file {path} not found")
     try:
-        if path.suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        else:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                if "clusters" not in data:
-                    raise ConfigError(f"{path}: no 'clusters' in this JSON object (keys: {', '.join(data)})")
-                data = data["clusters"]
+        data = np.load(path, allow_pickle=False) if path.suffix == ".npy" else json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a readable palette (.json or .npy): {exc}") from None
-    return check_palette(data, str(path))
+    if isinstance(data, dict):
+        if "clusters" not in data:
+            raise ConfigError(f"{path}: no 'clusters' in this JSON object (keys: {', '.join(data)})")
+        data = data["clusters"]
+    try:
+        return check_palette(data, str(path))
+    except ValueError as exc:  # ragged rows, strings: not an array of numbers
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: a palette is (K, 3) RGB colours, got no array of numbers ({exc})") from None
 
 
 @register("palette")
