@@ -159,7 +159,8 @@ class ARPipeline:
         """False for an unconditional model (image-GPT): it takes a number of images, not classes."""
         return bool(getattr(self.generator, "conditional", True))
 
-    def condition_ids(self, classes: Sequence[int | str] | int | str | None, num_images: int | None = None) -> list[int]:
+    def condition_ids(self, classes: Sequence[int | str] | int | str | None,
+                      num_images: int | None = None) -> list[int]:
         """The rows of a request: class ids (names resolved) for a class-conditional model; ``num_images``
         copies of its one condition (id 0) for an unconditional one. Asking the wrong way is an error."""
         given = classes is not None and not (isinstance(classes, (list, tuple)) and not classes)

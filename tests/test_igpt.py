@@ -58,7 +58,8 @@ def test_teacher_forced_logits_equal_transformers(name):
     args = CONFIGS[name]
     hf = hf_model(args)
     ours = ours_from(hf, args)
-    pixels = torch.randint(0, args["vocab_size"] - 1, (3, args["n_positions"]), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, args["vocab_size"] - 1, (3, args["n_positions"]), generator=g)
     with torch.no_grad():
         ref = hf(torch.cat([start(3, args["vocab_size"]), pixels[:, :-1]], 1)).logits
         got = ours(pixels, ours.null_condition(3) if ours.conditional else torch.zeros(3, dtype=torch.long))
@@ -242,7 +243,8 @@ def test_train_a_palette_and_a_pixel_model_on_an_image_folder(tmp_path, capsys):
                  "--codebook-size", "3", "--out", str(pal), "-q"]) == 0
     tok = argen.tokenizers.load_tokenizer(pal)
     assert tok.kind == "pixels" and tok.codebook_size == 3
-    assert torch.cdist(tok.clusters, torch.tensor([[-1.0, -1, -1], [1, -1, -1], [-1, -1, 1]])).min(1).values.max() < 1e-3
+    expected = torch.tensor([[-1.0, -1, -1], [1, -1, -1], [-1, -1, 1]])  # black, red, blue
+    assert torch.cdist(tok.clusters, expected).min(1).values.max() < 1e-3
     assert main(["train", "tokenizer", "--kind", "palette", "--ch", "8", "--data", "shapes", "--out",
                  str(tmp_path / "x"), "-q"]) == 2
     assert main(["train", "generator", "--kind", "pixel", "--tokenizer", str(pal), "--data", str(tmp_path / "data"),
