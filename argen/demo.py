@@ -170,7 +170,12 @@ def _count(value: Any, what: str, low: int) -> int:
 
 
 def _class_ids(pipe: Any, classes: Sequence[int | str] | None) -> list[int]:
-    """Class ids from the selection (ids or names); no selection: a few classes to show."""
+    """Class ids from the selection (ids or names); no selection: a few classes to show. An unconditional
+    model takes none: its one condition."""
+    if not pipe.conditional:
+        if classes:
+            raise ConfigError(f"{pipe.name or 'this model'} is unconditional: it takes no classes")
+        return [0]
     if not classes:
         from argen.zoo import IMAGENET_DEMO_CLASSES
 
@@ -209,6 +214,8 @@ def _options(kind: str, sampler: str, cfg_scale, cfg_schedule, top_k, top_p, tem
 
 
 def _caption(pipe: Any, class_id: int) -> str:
+    if not pipe.conditional:
+        return "unconditional"
     names = pipe.class_names or (imagenet_class_names() if pipe.generator.num_classes == 1000 else None)
     return f"{class_id}: {names[class_id]}" if names and class_id < len(names) else f"class {class_id}"
 
@@ -238,6 +245,7 @@ def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict
     """Component settings (choices, values, visibility) for a model, from its card: used to build
     the page and, as updates, when the user picks another model."""
     d, kinds = info.defaults, KIND_OPTIONS.get(info.kind, ())
+    guided = info.kind not in UNGUIDED_KINDS and info.num_classes > 0  # an unconditional model has no guidance
     samplers = info.samplers()
     sampler = sampler if sampler in samplers else samplers[0]
     if info.num_classes == 1000:
@@ -248,10 +256,10 @@ def _controls_for(info: ModelInfo, sampler: str | None = None) -> dict[str, dict
         first = list(range(min(4, info.num_classes)))
     return {
         "sampler": dict(choices=samplers, value=sampler),
-        "classes": dict(choices=info.class_choices(), value=first),
-        "cfg_scale": dict(value=d.get("cfg_scale", 1.0), visible=info.kind not in UNGUIDED_KINDS),
+        "classes": dict(choices=info.class_choices(), value=first, visible=info.num_classes > 0),
+        "cfg_scale": dict(value=d.get("cfg_scale", 1.0), visible=guided),
         "cfg_schedule": dict(choices=[MODEL_DEFAULT, *SCHEDULES.get(info.kind, [])],
-                             value=d.get("cfg_schedule", MODEL_DEFAULT), visible=info.kind not in UNGUIDED_KINDS),
+                             value=d.get("cfg_schedule", MODEL_DEFAULT), visible=guided),
         "top_k": dict(value=d.get("top_k", 0), visible="top_k" in kinds),
         "top_p": dict(value=d.get("top_p", 1.0), visible="top_p" in kinds),
         "temperature": dict(value=d.get("temperature", 1.0), visible="temperature" in kinds),

@@ -106,7 +106,10 @@ def model_info(name: str, checkpoint_dir: str | os.PathLike | None = None) -> Mo
         return folder_info(e.path, name, e.description)
     if name in OFFICIAL:
         e = OFFICIAL[name]
-        return ModelInfo(name, get_family(e.family).kind, 1000, imagenet_class_names(), dict(e.defaults),
+        family = get_family(e.family)
+        # the releases are ImageNet class-to-image models, or unconditional (image-GPT: num_classes 0)
+        n = getattr(family.config_class(), "num_classes", 1000)
+        return ModelInfo(name, family.kind, n, imagenet_class_names() if n == 1000 else None, dict(e.defaults),
                          e.description, _official_is_local(e, checkpoint_dir))
     if Path(name).is_dir():
         return folder_info(name)

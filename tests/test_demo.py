@@ -255,3 +255,24 @@ def test_cspd_takes_a_served_draft_and_shows_acceptance():
             list(app.generate("shapes-mar", "cspd", [2], n_images=1, preview_every=0, draft="mar-base"))
     finally:
         app.configure([MODEL])
+
+
+def test_an_unconditional_model_hides_classes_and_guidance(tmp_path):
+    from conftest import tiny_igpt
+
+    info = model_info("igpt-s")  # offline: described from its record
+    controls = app._controls_for(info)
+    assert info.num_classes == 0 and not controls["classes"]["visible"] and controls["classes"]["value"] == []
+    assert not controls["cfg_scale"]["visible"] and controls["top_k"] == {"value": 40, "visible": True}
+    gen, tok = tiny_igpt(num_classes=0)
+    folder = str(argen.ARPipeline(gen, tok, defaults={"top_k": 4}, name="pixels").save_pretrained(tmp_path / "px"))
+    assert app._controls_for(model_info(folder))["classes"]["visible"] is False
+    app.configure([folder])
+    try:
+        outs = list(app.generate(folder, "sjd", [], n_images=2, seed=0, preview_every=0))
+        grid, gallery, table = outs[-1]
+        assert [caption for _, caption in gallery] == ["unconditional"] * 2 and dict(table)["images"] == "2"
+        with pytest.raises(gr.Error, match="unconditional"):
+            list(app.generate(folder, "ar", [1], n_images=1, preview_every=0))
+    finally:
+        app.configure([MODEL])
