@@ -133,6 +133,17 @@ def test_a_registered_family_is_listed_and_goes_away(toy):
     register_family(toy)  # for the fixture to remove
 
 
+def test_a_family_answers_to_its_aliases(toy):
+    """image-GPT is `--kind pixel` for training and `argen convert igpt`; an alias is unique like a name."""
+    assert get_family("pixel") is get_family("igpt")
+    kind = next(a for a in _subcommands(build_parser(), "train", "generator")._actions if a.dest == "kind")
+    assert {"igpt", "pixel"} <= set(kind.choices)
+    with pytest.raises(ConfigError, match="'pixel' is already registered"):
+        register_family(dataclasses.replace(toy, name="toy2", aliases=("pixel",)))
+    with pytest.raises(ConfigError, match="'toy' is already registered"):
+        register_family(dataclasses.replace(toy, name="toy3", aliases=("toy",)))
+
+
 def test_a_registered_family_trains_samples_loads_and_converts(toy, vq_dir, tmp_path, monkeypatch):
     # trains for a step through the CLI's training entry point (in-process: a subprocess would not know it)
     out = tmp_path / "trained"

@@ -253,3 +253,13 @@ def test_train_a_palette_and_a_pixel_model_on_an_image_folder(tmp_path, capsys):
     pipe = argen.load(str(gen_out))
     assert isinstance(pipe.generator, ImageGPT) and pipe.generator.num_classes == 2 and pipe.image_size == 8
     assert len(pipe.generate(["class1"], seed=0)) == 1
+
+
+def test_an_unconditional_model_samples_to_npz_for_fid(tmp_path):
+    from argen.eval.sampling import SAMPLES_NAME, sample_to_npz
+
+    gen, tok = tiny_igpt(num_classes=0)
+    pipe = ARPipeline(gen, tok, defaults={"top_k": 4})
+    path = sample_to_npz(pipe, tmp_path, labels=np.zeros(3, np.int64), seed=1, batch_size=2, progress=False)
+    with np.load(tmp_path / SAMPLES_NAME) as f:
+        assert path == tmp_path / SAMPLES_NAME and f["arr_0"].shape == (3, 8, 8, 3) and not f["arr_1"].any()
