@@ -63,20 +63,27 @@ def main() -> None:
     p.add_argument("--option", "-o", action="append", default=[], help="sampling option key=value")
     p.add_argument("--judge", help="shapes classifier folder (default: the committed assets/shapes-classifier)")
     p.add_argument("--reconstruct", type=int, default=0, metavar="N", help="judge N tokenizer reconstructions instead")
+    p.add_argument("--resolution", type=int, default=64, help="--reconstruct of a tokenizer folder: image size")
     p.add_argument("--out")
     args = p.parse_args()
     opts = parse_key_values(args.option)
 
     if args.reconstruct and not (Path(args.model) / "model_index.json").is_file():
-        tokenizer, resolution = load_component(args.model), 64  # a tokenizer folder
+        tokenizer, resolution = load_component(args.model), args.resolution  # a tokenizer folder
     else:
         pipe = argen.load(args.model)
         tokenizer, resolution = pipe.tokenizer, pipe.image_size
     judge = load_judge(args.judge)
-    net, held_out = judge.net, judge.info.get("held_out_accuracy")
-    if resolution != judge.resolution:
-        raise SystemExit(f"the judge in {judge.info['folder']} classifies {judge.resolution}px shapes; "
-                         f"{args.model} makes {resolution}px images")
+    held_out = judge.info.get("held_out_accuracy")
+
+    def net(images: torch.Tensor) -> torch.Tensor:
+        """The judge's logits; images of another size are resized to its own first (bilinear, antialiased)."""
+        if images.shape[-1] != judge.resolution:
+            images = F.interpolate(images, size=(judge.resolution, judge.resolution), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        return judge.net(images)
+
+    resized = None if resolution == judge.resolution else f"{resolution}px images upsampled to {judge.resolution}px"
     if args.reconstruct:
         x, y = batch(ShapesDataset(resolution, "test"), 0, args.reconstruct)
         with torch.inference_mode():
@@ -88,7 +95,8 @@ def main() -> None:
         distinct, perplexity = (None, None) if grid.is_floating_point() else flat_patch_codes(x, grid)
         result = {"model": args.model, "images": args.reconstruct, "reconstruction_mse": F.mse_loss(rec, x).item(),
                   "judge_accuracy_originals": acc[0], "judge_accuracy_reconstructions": acc[1],
-                  "codes_per_flat_colour": distinct, "code_perplexity_per_flat_colour": perplexity}
+                  "codes_per_flat_colour": distinct, "code_perplexity_per_flat_colour": perplexity,
+                  "judged_at": resized or f"{resolution}px"}
         print(json.dumps(result, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2))
@@ -111,6 +119,7 @@ def main() -> None:
         "sampling": {**pipe.defaults, **opts},
         "judge": os.path.relpath(judge.info["folder"]),  # not the absolute path of this checkout
         "generation_s": round(t_gen, 1),
+        "judged_at": resized or f"{resolution}px",
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -42,6 +42,12 @@ def describe(pipe) -> str:
                 "latent scale "
                 f"{tok.scaling_factor:.4f}), both trained from scratch on {data}.")
     g = gen.token_grid
+    if gen.registry_name == "igpt":
+        c = gen.config
+        return (f"An image-GPT-style class-conditional pixel GPT ({n_gen / 1e6:.2f}M parameters, {c.n_layer} layers, "
+                f"width {c.n_embd}, {c.n_head} heads) over the {g[0] * g[1]} pixels of {pipe.image_size}x"
+                f"{pipe.image_size} images in raster order, each pixel the id of its nearest colour in a "
+                f"{tok.codebook_size}-colour palette fitted by k-means on {data}.")
     encoder = (" with a patch-local encoder (each token sees only its own pixels, so a flat colour has one code)"
                if tok.config.encoder_type == "patch" else "")
     return (f"A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {gen.config.n_layer} layers, "
@@ -121,7 +127,11 @@ def code_stats(recon: dict) -> str:
 
 
 def stage(info: dict, label: str) -> dict:
-    """One training run as the card's table shows it."""
+    """One training run as the card's table shows it (a k-means palette: its iterations and pixels)."""
+    if info.get("tokenizer_kind") == "palette":
+        return {"stage": f"{label} (k-means palette, {info['codebook_size']} colours)", "steps": info["iters"],
+                "batch_size": f"{info['pixels']} pixels of {info['images']} images", "seed": info["seed"],
+                "final_losses": {"rec": info["reconstruction_mse"]}, "train_time_s": info["train_time_s"]}
     return {"stage": label, "steps": info["steps"], "batch_size": info["settings"]["batch_size"],
             "seed": info["settings"].get("seed", 0), "final_losses": info["final_losses"],
             "train_time_s": info["train_time_s"], "ema_decay": info.get("ema_decay"),
@@ -148,13 +158,13 @@ def stages(run: Path, part: str) -> list[dict]:
     raise SystemExit(f"{run}: no train.json or training.json to describe its training")
 
 
-def data_line(training: dict[str, list[dict]], distilled: bool) -> str:
+def data_line(training: dict[str, list[dict]], distilled: bool, resolution: int = 64) -> str:
     """The card's sentence on what the generator was trained on."""
     if distilled:
         return ("Data: the tokenizer is the teacher's (its rows above); the student's are (noise, tokens) pairs, "
                 "pair i a function of (teacher, seed, i) only (see Distillation below).")
-    return ('Data: `ShapesDataset(64, "train", seed=seed)`, items 0 .. steps x batch (deterministic by index); '
-            f"{augmentation(training)}.")
+    return (f'Data: `ShapesDataset({resolution}, "train", seed=seed)`, items 0 .. steps x batch (deterministic by '
+            f"index); {augmentation(training)}.")
 
 
 def rows(parts: dict[str, list[dict]]) -> str:
@@ -200,7 +210,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
         check=True, capture_output=True, text=True).stdout)
     recon = json.loads(subprocess.run(
         [sys.executable, "benchmarks/shapes_quality.py", "--model", str(dest / "tokenizer"), "--reconstruct", "400",
-         *(["--judge", judge] if judge else [])],
+         "--resolution", str(pipe.image_size), *(["--judge", judge] if judge else [])],
         check=True, capture_output=True, text=True).stdout)
     script_text = Path(script).read_text()
     default = dest.name == "shapes-llamagen"
@@ -230,7 +240,7 @@ def main(tok_run: str, gen_run: str, dest: str, script: str = "scripts/build_bun
 |---|---|---|---|---|---|
 {rows(training)}
 
-{data_line(training, distilled)} The generator
+{data_line(training, distilled, pipe.image_size)} The generator
 weights are the EMA (decay {training["generator"][-1]["ema_decay"]}), stored in float16 (argen loads them as \
 float32). The exact commands (`{script}`):
 
@@ -247,7 +257,9 @@ float32). The exact commands (`{script}`):
 A small CNN trained on shapes ({quality["classifier_held_out_accuracy"]:.1%} accuracy on held-out shapes)
 classifies {quality["images"]} generated images (20 per class, seed {quality["seed"]}, the defaults above):
 **{quality["generated_accuracy"]:.1%}** are recognised as the requested class
-(`python benchmarks/shapes_quality.py --model {dest.name}`).
+(`python benchmarks/shapes_quality.py --model {dest.name}`){
+    "" if pipe.image_size == 64 else f"; the {pipe.image_size}px images are upsampled (bilinear, antialiased) to the "
+    "judge's 64px, and so are the real shapes and reconstructions below"}.
 
 | class | accuracy |
 |---|---|
@@ -256,7 +268,8 @@ classifies {quality["images"]} generated images (20 per class, seed {quality["se
 The tokenizer's ceiling (400 held-out shapes encoded and decoded): reconstruction MSE
 {recon["reconstruction_mse"]:.4f}; the same classifier recognises {recon["judge_accuracy_reconstructions"]:.1%} of the
 reconstructions{code_stats(recon)}
-(`python benchmarks/shapes_quality.py --model assets/{dest.name}/tokenizer --reconstruct 400`).
+(`python benchmarks/shapes_quality.py --model assets/{dest.name}/tokenizer --reconstruct 400{
+    "" if pipe.image_size == 64 else f" --resolution {pipe.image_size}"}`).
 
 {dd_text}![samples (4 per class, seed 0{', 2 steps; samples_1step.png: 1 step' if distilled else ''})](samples.png)
 """
