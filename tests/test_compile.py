@@ -149,3 +149,14 @@ def test_decode_at_equals_decode_on_ragged_rows(gpt_tiny):
     assert fixed.lengths.tolist() == [7, 9, 9]
     with pytest.raises(ConfigError, match="KV cache overflow: need 18 positions, cache holds 17"):
         fixed.next_positions(9)
+
+
+def test_compiled_decoding_drives_a_pixel_model():
+    """image-GPT joins as a token-wise model: the compiled step gives its eager greedy pixels."""
+    from conftest import tiny_igpt
+
+    torch.manual_seed(0)
+    gen, _ = tiny_igpt(num_classes=0, side=4)
+    eager, _ = S.sample(gen, [0, 0], greedy=True)
+    compiled, st = S.sample(gen, [0, 0], greedy=True, compile=True)
+    assert torch.equal(compiled, eager) and st.forward_passes == 16

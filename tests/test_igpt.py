@@ -263,3 +263,15 @@ def test_an_unconditional_model_samples_to_npz_for_fid(tmp_path):
     path = sample_to_npz(pipe, tmp_path, labels=np.zeros(3, np.int64), seed=1, batch_size=2, progress=False)
     with np.load(tmp_path / SAMPLES_NAME) as f:
         assert path == tmp_path / SAMPLES_NAME and f["arr_0"].shape == (3, 8, 8, 3) and not f["arr_1"].any()
+
+
+def test_bench_runs_an_unconditional_model_and_refuses_classes_for_it():
+    from argen.bench import run_bench
+
+    gen, tok = tiny_igpt(num_classes=0)
+    pipe = ARPipeline(gen, tok, defaults={"top_k": 4}, name="pixels")
+    report = run_bench(pipe, ["sjd:window=8"], batch_sizes=[2], repeats=1, warmup=False)
+    rows = {r["sampler"]: r for r in report["results"]}
+    assert rows["ar"]["forward_passes"] == 64 and rows["sjd:window=8"]["forward_passes"] <= 64
+    with pytest.raises(ConfigError, match="unconditional: benchmark it without classes"):
+        run_bench(pipe, ["sjd"], batch_sizes=[1], classes=[1], repeats=1, warmup=False)
