@@ -99,3 +99,4 @@ def test_the_repository_root_does_not_shadow_top_level_packages():
 
     spec = importlib.util.find_spec("tokenizers")
     assert spec is None or spec.origin is None or Path(spec.origin).parent != REPO / "tokenizers"
+
