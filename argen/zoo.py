@@ -274,6 +274,9 @@ BUNDLED: dict[str, BundledEntry] = {
         _shapes("dd-var", "1-2 step distilled-decoding student of shapes-var", name="shapes-var-dd"),
         _shapes("mar", "a small MAR on shapes-mar's VAE, its draft for speculative decoding (--sampler cspd)",
                 name="shapes-mar-draft"),
+        BundledEntry(name="shapes-pixel", folder="shapes-pixel", image_size=32, family="igpt",
+                     description="bundled: image-GPT-style pixel GPT over a 16-colour palette trained on the shapes "
+                                 "set, 32px, 10 classes"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"

@@ -26,9 +26,10 @@ def test_bundled_model_is_small_and_documented(name):
 @pytest.mark.parametrize("name", list(BUNDLED))
 def test_bundled_model_loads_offline_and_generates(name):
     pipe = argen.load(name)
-    assert pipe.class_names == SHAPE_NAMES and pipe.image_size == 64
+    size = BUNDLED[name].image_size
+    assert pipe.class_names == SHAPE_NAMES and pipe.image_size == size
     images = pipe.generate(["star", "ring"], seed=0)
-    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    assert [im.size for im in images] == [(size, size), (size, size)]
     again = pipe.generate(["star", "ring"], seed=0)
     assert [im.tobytes() for im in images] == [im.tobytes() for im in again]
 
@@ -45,8 +46,9 @@ def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
 
 
 # transformer passes: one per token (LlamaGen; MAR at its default num_iter 64), per scale
-# (VAR: 1, 2, 3, 4, 5, 6, 8; FlowAR: 1, 2, 4, 8); one for a distilled student (dd, its default: 1 step)
-PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64, "dd-llamagen": 1, "dd-var": 1}
+# (VAR: 1, 2, 3, 4, 5, 6, 8; FlowAR: 1, 2, 4, 8); one for a distilled student (dd, its default: 1 step); one per
+# pixel (image-GPT, 32 x 32)
+PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64, "dd-llamagen": 1, "dd-var": 1, "igpt": 1024}
 
 
 @pytest.mark.parametrize("name", list(BUNDLED))
@@ -57,7 +59,8 @@ def test_argen_generate_with_each_bundled_model(tmp_path, name):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["classes"] == [6, 8] and report["forward_passes"] == PASSES[BUNDLED[name].family]
-    assert Image.open(tmp_path / "grid.png").size == (2 * 64 + 3 * 2, 64 + 2 * 2)
+    size = BUNDLED[name].image_size
+    assert Image.open(tmp_path / "grid.png").size == (2 * size + 3 * 2, size + 2 * 2)
 
 
 def test_models_lists_the_bundled_model_first():
