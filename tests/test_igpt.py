@@ -177,6 +177,10 @@ def test_convert_and_generate_cli(tmp_path, capsys):
     assert report["images"] == 3 and report["classes"] is None
     assert main(["generate", "-m", str(out), "-c", "1", "--out", str(tmp_path / "g.png"), "-q"]) == 2
     assert "unconditional" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"clusters": [[0.0, 0.0, 0.0, 0.0]] * 16}))
+    assert main(["convert", "igpt", "--model-dir", str(release), "--palette", str(tmp_path / "bad.json"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "(K, 3)" in capsys.readouterr().err
 
 
 def test_class_conditional_pixel_model_needs_classes_and_checks_them():
