@@ -29,7 +29,7 @@ from argen.errors import ConfigError
 from argen.generators.condition import check_class_ids
 from argen.generators.llamagen import LabelEmbedding
 from argen.modeling import Pretrained, build_config, register
-from argen.nn import CacheWindow, KVCache, RMSNorm, attention, linear
+from argen.nn import CacheWindow, Conv1D, KVCache, RMSNorm, attention
 
 # the released configurations (openai/imagegpt-small, -medium, -large: config.json)
 PRESETS: dict[str, dict[str, int]] = {
@@ -96,18 +96,6 @@ class ImageGPTConfig:
     @property
     def side(self) -> int:
         return math.isqrt(self.n_positions)
-
-
-class Conv1D(nn.Module):
-    """GPT-2's linear layer: weight stored (in, out), y = x W + b (the released checkpoints' layout)."""
-
-    def __init__(self, n_in: int, n_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_in, n_out))
-        self.bias = nn.Parameter(torch.zeros(n_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight.t(), self.bias)
 
 
 class Attention(nn.Module):

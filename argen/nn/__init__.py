@@ -10,7 +10,7 @@ from argen.nn.attention import (
 )
 from argen.nn.drop import drop_path
 from argen.nn.kv_cache import CacheWindow, KVCache
-from argen.nn.linear import Linear, linear
+from argen.nn.linear import Conv1D, Linear, linear
 from argen.nn.mlp import SwiGLU, llama_ffn_hidden
 from argen.nn.norms import RMSNorm
 from argen.nn.rope import apply_rope, rope_1d_table, rope_2d_table
@@ -26,6 +26,7 @@ __all__ = [
     "drop_path",
     "CacheWindow",
     "KVCache",
+    "Conv1D",
     "Linear",
     "linear",
     "SwiGLU",
