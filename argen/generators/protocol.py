@@ -73,7 +73,8 @@ class TokenDecoder(Protocol):
 
 
 class TokenGenerator(Generator, TokenDecoder, Protocol):
-    """Next-token prediction over a raster of discrete codes (LlamaGen; samplers ar, sjd)."""
+    """Next-token prediction over a raster of discrete codes: VQ codes (LlamaGen) or palette pixels
+    (image-GPT); samplers ar, sjd, flow."""
 
     @property
     def vocab_size(self) -> int: ...
