@@ -92,7 +92,9 @@ def main() -> None:
             acc = [(net(im).argmax(-1) == y).float().mean().item() for im in (x, rec)]
         grid = codes[-1] if isinstance(codes, (list, tuple)) else codes  # multi-scale: the finest scale
         # code statistics for discrete tokenizers; a continuous one (KL VAE) has latents, not codes
-        distinct, perplexity = (None, None) if grid.is_floating_point() else flat_patch_codes(x, grid)
+        # (a pixel tokenizer, one code per pixel, has no patches to compare)
+        per_pixel = grid.shape[-1] == x.shape[-1]
+        distinct, perplexity = (None, None) if grid.is_floating_point() or per_pixel else flat_patch_codes(x, grid)
         result = {"model": args.model, "images": args.reconstruct, "reconstruction_mse": F.mse_loss(rec, x).item(),
                   "judge_accuracy_originals": acc[0], "judge_accuracy_reconstructions": acc[1],
                   "codes_per_flat_colour": distinct, "code_perplexity_per_flat_colour": perplexity,
