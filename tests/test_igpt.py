@@ -251,6 +251,10 @@ def test_train_a_palette_and_a_pixel_model_on_an_image_folder(tmp_path, capsys):
     assert torch.cdist(tok.clusters, expected).min(1).values.max() < 1e-3
     assert main(["train", "tokenizer", "--kind", "palette", "--ch", "8", "--data", "shapes", "--out",
                  str(tmp_path / "x"), "-q"]) == 2
+    capsys.readouterr()
+    assert main(["train", "generator", "--kind", "llamagen", "--tokenizer", str(pal), "--out", str(tmp_path / "x"),
+                 "-q"]) == 2
+    assert "needs a VQ tokenizer" in capsys.readouterr().err
     assert main(["train", "generator", "--kind", "pixel", "--tokenizer", str(pal), "--data", str(tmp_path / "data"),
                  "--resolution", "8", "--steps", "3", "--batch-size", "4", "--dropout", "0", "--sample-every", "3",
                  "--checkpoint-every", "3", "--out", str(gen_out), "-q"]) == 0

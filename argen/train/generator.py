@@ -65,7 +65,8 @@ LATENT_MODES = ("sample", "mean")
 
 # what `argen train tokenizer --kind` makes, for each kind of tokenizer a family models
 TOKENIZER_NEEDS = {"discrete": ("a VQ", "vq"), "multiscale": ("a multi-scale VQ", "multiscale"),
-                   "continuous": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl")}
+                   "continuous": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl"),
+                   "pixels": ("a colour-palette", "palette")}
 
 
 def training_family(tokenizer: Any, family: str | None, source: str) -> Family:
