@@ -295,12 +295,7 @@ class ImageGPT(Pretrained):
                        dtype=dtype or w.dtype, device=w.device)
 
     def _positions(self, window: CacheWindow) -> torch.Tensor:
-        # a speculative window may overhang the image's end: those slots reuse the last position's
-        # embedding; their outputs are never used and, being later in the window, affect no other slot
-        last = self.config.n_positions - 1
-        if window.start is not None and window.start + window.width <= last + 1:
-            return self.transformer.wpe.weight[window.start : window.start + window.width].unsqueeze(0)
-        return self.transformer.wpe(window.positions.clamp(max=last))
+        return window.table_rows(self.transformer.wpe.weight)
 
     def prefill(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Write the prefix into an empty cache; logits (B, V) of pixel 0."""

@@ -337,12 +337,7 @@ class LlamaGen(Pretrained):
         )
 
     def _rope_for(self, window: CacheWindow) -> torch.Tensor:
-        last = self.rope.shape[0] - 1
-        if window.start is not None and window.start + window.width <= last + 1:
-            return self.rope[window.start : window.start + window.width].unsqueeze(0)
-        # a speculative window may overhang the sequence end: those slots reuse the last position's
-        # rotation; their outputs are never used and, being later in the window, affect no other slot
-        return self.rope[window.positions.clamp(max=last)]
+        return window.table_rows(self.rope)
 
     def prefill(self, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Write the condition prefix into an empty cache; return logits (B, V) for token 0."""

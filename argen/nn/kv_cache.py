@@ -39,6 +39,16 @@ class CacheWindow:
     def width(self) -> int:
         return self.positions.shape[1]
 
+    def table_rows(self, table: torch.Tensor) -> torch.Tensor:
+        """The rows of a per-position table (RoPE angles, learned position embeddings) for this window's
+        positions: (1, W, ...) on the uniform path, else (B, W, ...). A speculative window may overhang
+        the sequence's end: those slots reuse the last row; their outputs are never used and, being later
+        in the window, affect no other slot."""
+        last = table.shape[0] - 1
+        if self.start is not None and self.start + self.width <= last + 1:
+            return table[self.start : self.start + self.width].unsqueeze(0)
+        return table[self.positions.clamp(max=last)]
+
 
 def position_mask(positions: torch.Tensor, key_len: int) -> torch.Tensor:
     """(B, 1, W, key_len) bool: a query at position p sees keys 0..p (True = attend)."""
