@@ -86,9 +86,8 @@ def run_bench(
         def once(spec: str, s: int, r: int) -> tuple[float, Any]:
             name, opts = parsed[spec]
             labels = [pool[(r * bs + i) % len(pool)] for i in range(bs)]
-            rows = {"classes": labels} if pipe.conditional else {"num_images": bs}
             t = time.perf_counter()
-            pipe.generate(**rows, sampler=name, seed=s, output_type="pt", **sampling, **opts)
+            pipe.generate(**pipe.request(labels), sampler=name, seed=s, output_type="pt", **sampling, **opts)
             return time.perf_counter() - t, pipe.last_stats
 
         for spec in specs if warmup else []:  # warm-up (allocations, kernels), not timed

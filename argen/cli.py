@@ -99,9 +99,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     digits = max(4, len(str(len(ids) - 1)))
     shown = []  # the grid's images: the first --grid-max, so a request of any size runs in bounded memory
-    rows = {"classes": ids} if pipe.conditional else {"num_images": len(ids)}
-    for batch in pipe.generate_batches(**rows, seed=args.seed, sampler=args.sampler, batch_size=args.batch_size,
-                                       progress=not args.quiet, **opts):
+    for batch in pipe.generate_batches(**pipe.request(ids), seed=args.seed, sampler=args.sampler,
+                                       batch_size=args.batch_size, progress=not args.quiet, **opts):
         for i, (c, im) in enumerate(zip(batch.classes, batch.images), start=batch.start):
             if folder is not None:
                 im.save(folder / (f"{i:0{digits}d}_class{c}.png" if pipe.conditional else f"{i:0{digits}d}.png"))

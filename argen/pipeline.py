@@ -163,7 +163,7 @@ class ARPipeline:
                       num_images: int | None = None) -> list[int]:
         """The rows of a request: class ids (names resolved) for a class-conditional model; ``num_images``
         copies of its one condition (id 0) for an unconditional one. Asking the wrong way is an error."""
-        given = classes is not None and not (isinstance(classes, (list, tuple)) and not classes)
+        given = classes is not None and (isinstance(classes, (int, str)) or len(classes) > 0)
         if not self.conditional:
             if given:
                 raise ConfigError(f"{self.name or 'this model'} is unconditional: it takes no classes; ask for a "
@@ -177,6 +177,11 @@ class ARPipeline:
         if not given:
             raise ConfigError(f"{self.name or 'this model'} is class-conditional: give classes (ids or names)")
         return self.resolve_classes(classes)
+
+    def request(self, ids: Sequence[int]) -> dict[str, Any]:
+        """The :meth:`generate` keywords for rows of condition ids (a class pool, a label file, the output of
+        :meth:`condition_ids`): the classes, or for an unconditional model how many images."""
+        return {"classes": list(ids)} if self.conditional else {"num_images": len(ids)}
 
     def generate(
         self,

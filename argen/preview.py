@@ -98,8 +98,7 @@ def generate_stream(
         if preview_every:
             hook["callback_every"] = preview_every
         try:
-            rows = {"classes": list(classes)} if pipe.conditional else {"num_images": len(classes)}
-            images = pipe.generate(**rows, seed=seed, sampler=sampler, **hook, **options)
+            images = pipe.generate(**pipe.request(classes), seed=seed, sampler=sampler, **hook, **options)
             stats = pipe.last_stats.as_dict()
             events.put(Finished(images, stats, spent["s"], spent["n"], pipe.last_codes))
         except BaseException as exc:  # handed to the consumer, which raises it

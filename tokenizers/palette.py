@@ -35,7 +35,7 @@ class PaletteConfig:
 
 def check_palette(colours: torch.Tensor | np.ndarray | list, source: str = "palette") -> torch.Tensor:
     """``colours`` as a float32 (K, 3) tensor of RGB in [-1, 1]; a ConfigError naming what is wrong."""
-    t = torch.as_tensor(np.asarray(colours, dtype=np.float64) if not isinstance(colours, torch.Tensor) else colours)
+    t = colours if isinstance(colours, torch.Tensor) else torch.as_tensor(np.asarray(colours, dtype=np.float64))
     if t.dim() != 2 or t.shape[1] != 3 or t.shape[0] < 2:
         raise ConfigError(f"{source}: a palette is (K, 3) RGB colours with K >= 2, got shape {tuple(t.shape)}")
     t = t.float()

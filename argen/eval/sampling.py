@@ -106,9 +106,8 @@ def sample_to_npz(
         for s in todo:
             ids = labels[s : s + batch_size]
             with torch.inference_mode():
-                rows = {"classes": ids.tolist()} if pipe.conditional else {"num_images": len(ids)}  # labels 0
-                images = pipe.generate(**rows, seed=seed, first_index=s, sampler=sampler, output_type="pt",
-                                       batch_size=len(ids), **options)
+                images = pipe.generate(**pipe.request(ids.tolist()), seed=seed, first_index=s, sampler=sampler,
+                                       output_type="pt", batch_size=len(ids), **options)
             arr = to_uint8(images).numpy()
             if png:
                 save_pngs(outdir / PNG_DIR, arr, start=s)
