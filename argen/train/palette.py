@@ -21,6 +21,8 @@ def fit_palette(out: str | Path, data: str, resolution: int, codebook_size: int,
                 pixels_per_image: int = 256, iters: int = 50, seed: int = 0, progress: bool = True) -> Path:
     """Fit a ``codebook_size``-colour palette on ``pixels_per_image`` random pixels of each of ``images``
     images of ``data`` at ``resolution``; write the tokenizer folder ``out`` and return it."""
+    if codebook_size < 2:
+        raise ConfigError(f"a palette needs at least 2 colours, got --codebook-size {codebook_size}")
     if images < 1 or pixels_per_image < 1:
         raise ConfigError(f"--palette-images and --palette-pixels must be >= 1, got {images} and {pixels_per_image}")
     out = Path(out)
