@@ -30,9 +30,10 @@ class Linear(nn.Linear):
 
 
 class Conv1D(nn.Module):
-    """GPT-2's linear layer (image-GPT's checkpoints): weight stored (in, out), y = x W + b. In this layout
-    ``addmm(b, x, W)`` is the fast product at every row count on the CPU; :func:`linear`'s transposed view
-    of W is 5-20x slower at 2-4 rows (a guided step, a short window), as measured for image-GPT's shapes."""
+    """GPT-2's linear layer (image-GPT's checkpoints): weight stored (in, out), y = x W + b. On the CPU,
+    ``addmm(b, x, W)`` is the fast product from 2 rows on (:func:`linear` on the transposed view: 3.6-43x
+    slower at 2-4 rows, a guided step or a short window; 1.1-2.1x at 16-32), a matrix-vector product the
+    fast one for a single row (``python benchmarks/bench_conv1d.py``)."""
 
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
@@ -40,5 +41,7 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:  # one row: a plain AR step
+            return F.linear(x, self.weight.t(), self.bias)
         out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
         return out.view(*x.shape[:-1], self.weight.shape[1])
