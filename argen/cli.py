@@ -15,6 +15,7 @@ from argen.errors import ArgenError, ConfigError
 from argen.families import families, family_for_tokenizer, get_family
 from argen.nn.diffusion import NOISE_SCHEDULES
 from argen.options import parse_key_values
+from argen.samplers.logits import CFG_SCHEDULES
 from argen.samplers.mar import ORDERS as MAR_ORDERS
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
@@ -216,6 +217,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from argen.train import train_tokenizer
     from argen.train.tokenizer import tokenizer_config
 
+    if args.kind != "binary" and (args.bits is not None or args.token_each is not None or args.deterministic):
+        raise ConfigError("--bits / --token-each / --deterministic are for --kind binary")
     if args.kind == "palette":
         return _fit_palette(args)
     if args.palette_images is not None or args.palette_pixels is not None:
@@ -225,7 +228,18 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     if args.encoder is not None and args.kind == "kl":
         raise ConfigError("--encoder is for VQ tokenizers (--kind vq or multiscale); "
                           "a KL VAE has the official conv encoder")
-    if args.kind == "kl":
+    if args.kind == "binary":
+        vq_only = {"--codebook-size": args.codebook_size, "--codebook-dim": args.codebook_dim,
+                   "--patch-nums": args.patch_nums, "--encoder": args.encoder}
+        given = [flag for flag, value in vq_only.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: not options of a binary autoencoder; its code is --bits K per "
+                              "latent cell, read as --token-each sub-tokens of K / token-each bits")
+        cfg = tokenizer_config(args.preset, "binary", args.resolution, nf=args.ch, ch_mult=args.ch_mult,
+                               res_blocks=args.num_res_blocks, emb_dim=args.z_channels, norm_groups=args.norm_groups,
+                               codebook_size=args.bits, token_each=args.token_each,
+                               deterministic=args.deterministic or None)
+    elif args.kind == "kl":
         if args.codebook_size is not None or args.codebook_dim is not None or args.patch_nums is not None:
             raise ConfigError("--codebook-size / --codebook-dim / --patch-nums are for VQ tokenizers; a KL VAE's "
                               "latent width is --z-channels")
@@ -368,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cspd: exact (default; the distribution of ar with final_noise) or MarkXCloud/CSpD's official")
     g.add_argument("--cfg", type=float, help="classifier-free guidance scale (LlamaGen, MAR: 1 = off; VAR: 0 = off)")
     g.add_argument("--cfg-interval", type=int)
-    g.add_argument("--cfg-schedule", choices=["constant", "linear", "var"], help="default: the model's own")
+    g.add_argument("--cfg-schedule", choices=list(CFG_SCHEDULES), help="default: the model's own")
     g.add_argument("--top-p-rule", choices=["hf", "var"], help="default: the model's own")
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
@@ -390,15 +404,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a tokenizer or a generator (accelerate; torchrun works too)")
     tsub = t.add_subparsers(dest="what", required=True)
-    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer, VAR's multi-scale VQ-VAE, a KL VAE (MAR, FlowAR) or a "
-                                          "colour palette (pixel-wise)")
+    tt = tsub.add_parser("tokenizer", help="a VQ tokenizer, VAR's multi-scale VQ-VAE, a KL VAE (MAR, FlowAR), ELM's "
+                                          "binary autoencoder or a colour palette (pixel-wise)")
     _train_args(tt, steps=2000, batch=32, lr=2e-4)
-    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale", "kl", "palette"],
+    tt.add_argument("--kind", default="vq", choices=["vq", "multiscale", "kl", "binary", "palette"],
                     help="vq: LlamaGen's VQ (token-wise generators); multiscale: VAR's multi-scale VQ-VAE; "
-                         "kl: MAR's KL VAE (continuous tokens); palette: image-GPT-style colour palette fitted by "
+                         "kl: MAR's KL VAE (continuous tokens); binary: ELM's binary autoencoder (--bits per latent "
+                         "cell); palette: image-GPT-style colour palette fitted by "
                          "k-means (pixel-wise generators; --codebook-size colours, default 16)")
     tt.add_argument("--palette-images", type=int, help="palette: images sampled (default 512)")
     tt.add_argument("--palette-pixels", type=int, help="palette: random pixels per image (default 256)")
+    tt.add_argument("--bits", type=int, help="binary: bits K per latent cell (preset tiny 8, small 10)")
+    tt.add_argument("--token-each", type=int,
+                    help="binary: sub-tokens per latent cell, each of K / token-each bits (default 1)")
+    tt.add_argument("--deterministic", action="store_true",
+                    help="binary: threshold the bits in training instead of drawing them (ELM's --deterministic)")
     tt.add_argument("--kl-weight", type=float, default=1e-6, help="kl: weight of the KL term (LDM's 1e-6)")
     tt.add_argument("--patch-nums", type=int, nargs="+",
                     help="multiscale: the scales (default: VAR's, cut at the latent size)")

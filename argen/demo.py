@@ -25,13 +25,14 @@ from argen.demo_models import ModelInfo, PipelineCache, available_models, imagen
 from argen.errors import ArgenError, ConfigError, UnknownModelError
 from argen.images import make_grid
 from argen.preview import Finished, Preview, generate_stream
+from argen.samplers.logits import CFG_SCHEDULES
 from argen.zoo import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
 MODEL_DEFAULT = "model default"  # the cfg schedule choice that keeps the model's own convention
 MAX_IMAGES = 16
-SCHEDULES = {"token": ["constant", "linear", "var"], "scale": ["constant", "linear", "var"],
+SCHEDULES = {"token": list(CFG_SCHEDULES), "scale": ["constant", "linear", "var"],
              "continuous": ["constant", "linear"], "flow-scale": ["constant", "linear"]}
 # which sampling controls each generator kind takes (others are ignored, not passed on)
 KIND_OPTIONS = {

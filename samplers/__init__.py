@@ -24,6 +24,7 @@ from argen.samplers.flow import sample_flow_scales, sample_flow_tokens
 from argen.samplers.flowar import sample_flowar
 from argen.samplers.logits import SamplingOptions, draw, guide, process_logits, token_probs
 from argen.samplers.mar import sample_mar
+from argen.samplers.mask import sample_mask
 from argen.samplers.rng import RowStreams, check_seed, derive_seed, make_rng
 from argen.samplers.scales import sample_scales
 from argen.samplers.sjd import sample_sjd
@@ -74,6 +75,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "distilled decoding: a student maps noise to the whole sequence in one pass per step (1 or 2 steps)",
         row_streams=frozenset({"distilled"}),
         model_options=("teacher",),
+    ),
+    "mask": SamplerSpec(
+        {"masked": sample_mask},
+        "MaskGIT-style parallel decoding: all positions drawn per pass, the least confident masked again on a "
+        "cosine schedule (ELM's MLM)",
+        row_streams=frozenset({"masked"}),
     ),
 }
 
@@ -145,7 +152,8 @@ def sample(
     ``generator`` overrides ``seed``: one ``torch.Generator`` for the batch, or a
     :class:`~argen.samplers.rng.RowStreams` (one per image) where the sampler takes them
     (:func:`takes_row_streams`). ``cfg_schedule`` / ``top_p_rule`` default to the model's own
-    conventions (``model.sampling_conventions``; LlamaGen: constant / hf, VAR: var / var).
+    conventions (``model.sampling_conventions``; LlamaGen: constant / hf, VAR: var / var), and the
+    ramps' progress is the model's (ELM: the official r = (step + 1) / steps).
     """
     sampler = sampler or default_sampler(model)
     if sampler not in SAMPLERS:
@@ -170,7 +178,7 @@ def sample(
     conventions = (model if teacher is None else teacher).sampling_conventions
     opts = SamplingOptions(
         cfg_scale, cfg_interval, cfg_schedule or conventions.get("cfg_schedule", "constant"), temperature, top_k,
-        top_p, greedy, top_p_rule or conventions.get("top_p_rule", "hf"),
+        top_p, greedy, top_p_rule or conventions.get("top_p_rule", "hf"), conventions.get("cfg_progress", "span"),
     )
     cond = model.check_condition(classes)
     if cond.shape[0] == 0:

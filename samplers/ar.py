@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from argen.generators.protocol import TokenGenerator
 from argen.samplers.compiled import decoder_for
-from argen.samplers.logits import SamplingOptions, draw, split_guided
+from argen.samplers.logits import SamplingOptions, draw_position, split_guided
 from argen.samplers.stats import SamplerStats
 
 StepCallback = Callable[[int, torch.Tensor], None]
-# how a sampler turns one step's (guided) logits into ids: (position, logits (B, ..., V)) -> ids (B, ...)
+# how a sampler turns one step's (guided) logits into ids: (position, logits (B, *token_shape, V)) -> ids
 Pick = Callable[[int, torch.Tensor], torch.Tensor]
 
 
@@ -37,16 +37,16 @@ def sample_ar(
     """Sample ``model.seq_len`` tokens per condition. ``callback(n_done, codes)`` is called every
     ``callback_every`` tokens with the codes so far (for live previews). ``compile``: decode steps
     through ``torch.compile`` (CUDA graphs on CUDA); the same tokens, the first call pays the compile."""
-    return token_by_token(model, cond, opts, lambda i, logits: draw(logits, opts, rng), "ar", progress=progress,
-                          callback=callback, callback_every=callback_every, compile=compile)
+    return token_by_token(model, cond, opts, lambda i, logits: draw_position(logits, opts, rng), "ar",
+                          progress=progress, callback=callback, callback_every=callback_every, compile=compile)
 
 
 def token_by_token(model: TokenGenerator, cond: torch.Tensor, opts: SamplingOptions, pick: Pick, name: str, *,
                    progress: bool, callback: StepCallback | None, callback_every: int, compile: bool,
                    prefix: torch.Tensor | None = None, length: int | None = None) -> tuple[torch.Tensor, SamplerStats]:
     """The token-by-token loop with a KV cache and CFG; ``pick`` turns each position's logits into ids.
-    ``prefix`` (B, k): given first tokens, teacher-forced in one causal window; ``length``: stop after that
-    many tokens (default ``model.seq_len``)."""
+    Codes are (B, N, *model.token_shape). ``prefix`` (B, k, *token_shape): given first tokens, teacher-forced
+    in one causal window; ``length``: stop after that many tokens (default ``model.seq_len``)."""
     start = time.perf_counter()
     b, n = cond.shape[0], model.seq_len if length is None else length
     k = 0 if prefix is None else prefix.shape[1]
@@ -54,7 +54,7 @@ def token_by_token(model: TokenGenerator, cond: torch.Tensor, opts: SamplingOpti
     inp = torch.cat([cond, model.null_condition(b)]) if guided else cond
     dec = decoder_for(model, compile)
     cache = dec.new_cache(inp.shape[0])
-    codes = torch.empty(b, n, dtype=torch.long, device=cache.lengths.device)
+    codes = torch.empty(b, n, *model.token_shape, dtype=torch.long, device=cache.lengths.device)
     stats = SamplerStats(name, b, n, guided_rows=inp.shape[0])
 
     logits = dec.prefill(inp, cache)

@@ -171,13 +171,13 @@ class CompiledDecoder:
         return self.model.prefill(cond, cache.base)
 
     def decode(self, tokens: torch.Tensor, cache: ParkedCache) -> torch.Tensor:
-        """As ``model.decode``: append tokens (B, W) after each live row's length -> logits (B, W, V)."""
+        """As ``model.decode``: append tokens (B, W, *token_shape) after each live row's length -> logits."""
         base, rows = cache.base, cache.rows
         width = tokens.shape[1]
         positions = base.next_positions(width, rows)  # checks the room
         if rows is not None:  # parked rows: token 0 at positions 0..W-1 of their own (finished) rows
             full = base.batch_size
-            tokens = tokens.new_zeros(full, width).index_copy_(0, rows, tokens)
+            tokens = tokens.new_zeros(full, *tokens.shape[1:]).index_copy_(0, rows, tokens)
             positions = torch.arange(width, device=positions.device).repeat(full, 1).index_copy_(0, rows, positions)
         cuda_graphs = tokens.device.type == "cuda"
         step = _compiled_step("reduce-overhead" if cuda_graphs else "default")

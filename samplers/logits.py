@@ -11,18 +11,34 @@ VAR's conventions are options of the same code (a model declares its defaults in
 ``sampling_conventions``): ``cfg_schedule="var"`` guides step k of K with (1 + t) cond - t uncond,
 t = cfg_scale * k / (K - 1), so cfg 0 is unguided and cfg 1 still guides; ``top_p_rule="var"`` removes
 the tokens whose ascending cumulative probability is <= 1 - top_p.
+
+ELM's ramps (``linear``, ``cos``, ``log``, ``square``, ``square_root``) are 1 + (cfg - 1) f(r) of the
+progress r through the sequence; where r is read is a convention too (``cfg_progress``): "span",
+r = index / (total - 1), from 0 at the first token to 1 at the last; "elm", the official
+``generate_cfg``'s r = (index + 1) / total (index / total under the square root), computed with
+numpy's functions as the official loop, so the scales are bitwise its.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from argen.errors import ConfigError
 from argen.samplers.rng import Rng, multinomial
 
-CFG_SCHEDULES = ("constant", "linear", "var")
+# ramp f(r) of the guidance 1 + (cfg - 1) f(r); r in [0, 1] is the progress (cfg_progress)
+RAMPS = {
+    "linear": lambda r: r,
+    "cos": lambda r: np.cos(-np.pi / 2 + r * (np.pi / 2)),
+    "log": lambda r: np.log1p(r * (np.e - 1.0)) / np.log1p(np.e - 1.0),
+    "square": lambda r: r**2,
+    "square_root": lambda r: r**0.5,
+}
+CFG_SCHEDULES = ("constant", *RAMPS, "var")
+CFG_PROGRESS = ("span", "elm")
 TOP_P_RULES = ("hf", "var")
 
 
@@ -30,7 +46,8 @@ TOP_P_RULES = ("hf", "var")
 class SamplingOptions:
     """What every sampler takes. ``cfg_scale`` <= 1 means no guidance (official semantics);
     ``cfg_interval`` = -1 guides every token, k >= 0 guides tokens 0..k+1 only; ``cfg_schedule``
-    'linear' ramps the scale from 1 at the first token to ``cfg_scale`` at the last, 'var' from 1 to
+    'linear' ramps the scale from 1 at the first token to ``cfg_scale`` at the last (cos, log, square,
+    square_root: other ramps; ``cfg_progress`` says how the progress is counted), 'var' from 1 to
     1 + ``cfg_scale`` (guided whenever cfg_scale > 0). ``top_p_rule``: 'hf' or 'var' (see module doc)."""
 
     cfg_scale: float = 1.0
@@ -41,6 +58,7 @@ class SamplingOptions:
     top_p: float = 1.0
     greedy: bool = False
     top_p_rule: str = "hf"
+    cfg_progress: str = "span"
 
     def __post_init__(self) -> None:
         if not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
@@ -59,6 +77,8 @@ class SamplingOptions:
             raise ConfigError(f"top_p must lie in (0, 1] (1 = off; official VAR's top_p=0 is 1 here), got {p!r}")
         if self.top_p_rule not in TOP_P_RULES:
             raise ConfigError(f"top_p_rule must be one of {', '.join(TOP_P_RULES)}, got {self.top_p_rule!r}")
+        if self.cfg_progress not in CFG_PROGRESS:
+            raise ConfigError(f"cfg_progress must be one of {', '.join(CFG_PROGRESS)}, got {self.cfg_progress!r}")
 
     @property
     def guided(self) -> bool:
@@ -72,11 +92,17 @@ class SamplingOptions:
         """Guidance scale for token ``index`` of ``total``, or None where no guidance applies."""
         if not self.guided or (self.cfg_interval > -1 and index > self.cfg_interval + 1):
             return None
-        if self.cfg_schedule == "linear":
-            return 1.0 + (self.cfg_scale - 1.0) * index / max(total - 1, 1)
         if self.cfg_schedule == "var":
             return 1.0 + self.cfg_scale * (index / max(total - 1, 1))
+        if self.cfg_schedule in RAMPS:
+            return float(1.0 + (self.cfg_scale - 1.0) * RAMPS[self.cfg_schedule](self.progress(index, total)))
         return float(self.cfg_scale)
+
+    def progress(self, index: int, total: int) -> float:
+        """How far token ``index`` of ``total`` is through the sequence, for the ramps (``cfg_progress``)."""
+        if self.cfg_progress == "elm":
+            return (index + (self.cfg_schedule != "square_root")) / total
+        return index / max(total - 1, 1)
 
     def scales_at(self, index: torch.Tensor, total: int) -> torch.Tensor:
         """``scale_at`` for a tensor of token indices: float32 scales, NaN where no guidance applies."""
@@ -116,13 +142,13 @@ def split_guided(logits: torch.Tensor, scale: float | None, extrapolate: bool = 
 
 
 def guide_at(logits: torch.Tensor, index: torch.Tensor, opts: SamplingOptions, total: int) -> torch.Tensor:
-    """[cond ; uncond] logits (2B, W, V) of the tokens at ``index`` (B, W) -> (B, W, V), each token
+    """[cond ; uncond] logits (2B, W, ..., V) of the tokens at ``index`` (B, W) -> (B, W, ..., V), each token
     guided with its own scale (``opts.scale_at``; the conditional half where none applies). Constant
     guidance takes the same path as :func:`split_guided`, so the values are bitwise those of AR."""
     if opts.cfg_schedule == "constant" and opts.cfg_interval == -1:
         return split_guided(logits, opts.scale_at(0, total))
     cond, uncond = logits.chunk(2, dim=0)
-    scale = opts.scales_at(index, total).unsqueeze(-1)
+    scale = opts.scales_at(index, total).view(*index.shape, *[1] * (logits.dim() - index.dim()))
     off = scale.isnan()
     guided = guide(cond, uncond, scale.nan_to_num(1.0), opts.cfg_schedule == "var")
     return torch.where(off, cond, guided)
@@ -173,6 +199,16 @@ def target_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     if opts.is_greedy:
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
     return token_probs(logits, opts)
+
+
+def draw_position(logits: torch.Tensor, opts: SamplingOptions, rng: Rng) -> torch.Tensor:
+    """One position per row: logits (B, *token_shape, V) -> ids (B, *token_shape). Sub-tokens (ELM's heads)
+    are drawn independently, head by head over the batch: the official loop's order of draws."""
+    if logits.dim() <= 2:
+        return draw(logits, opts, rng)
+    heads = logits.flatten(1, -2)
+    ids = [draw(heads[:, g], opts, rng) for g in range(heads.shape[1])]
+    return torch.stack(ids, dim=1).view(logits.shape[:-1])
 
 
 def draw(logits: torch.Tensor, opts: SamplingOptions, rng: Rng) -> torch.Tensor:

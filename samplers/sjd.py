@@ -15,10 +15,16 @@ every sample by the batch minimum instead (uniform cache lengths, no attention m
 drafts a sample keeps are then re-used with q := p, a ratio of exactly 1, never re-tested against
 their old q (the official implementation's batch > 1 bias).
 
+Sub-token models (``token_shape`` (G,), ELM): the window is over positions, a position's p and q are
+the products of its G heads' distributions (drawn independently, as plain AR draws them), and the
+residual max(0, p - q) lives on the joint of the G sub-tokens; it is drawn exactly by rejection from p
+(:func:`joint_residual`) without building the V ** G table.
+
 With ``window=1`` the sampler is plain AR, bitwise and with the same random stream.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +35,8 @@ from argen.errors import ArgenError, ConfigError
 from argen.generators.protocol import TokenCache, TokenDecoder, TokenGenerator
 from argen.samplers.ar import StepCallback
 from argen.samplers.compiled import decoder_for
-from argen.samplers.logits import SamplingOptions, draw, guide_at, target_probs
+from argen.samplers.logits import SamplingOptions, draw_position, guide_at, target_probs
+from argen.samplers.rng import multinomial
 from argen.samplers.stats import SamplerStats
 
 INITS = ("repeat-left", "repeat-above", "random")
@@ -64,6 +71,45 @@ def kept_draft_probs(p_kept: torch.Tensor, q_kept: torch.Tensor) -> torch.Tensor
     return p_kept
 
 
+def joint_residual(p: torch.Tensor, q: torch.Tensor, rng: torch.Generator | None, tries: int = 64,
+                   rounds: int = 64) -> torch.Tensor:
+    """One draw per row from max(0, P - Q) over the joint of G heads, P and Q the products of the rows'
+    per-head distributions p, q (R, G, V) -> ids (R, G). Rejection from P: a candidate x ~ P is kept with
+    probability (P(x) - Q(x))+ / P(x), which is exact; the expected number of candidates is 1 / TV(P, Q),
+    and a rejection happens with probability TV(P, Q), so a verified slot costs one candidate on average.
+    Rows still open after ``rounds`` x ``tries`` candidates (a tiny TV) are drawn from the enumerated joint."""
+    out = torch.empty(p.shape[:-1], dtype=torch.long, device=p.device)
+    todo = torch.arange(p.shape[0], device=p.device)
+    cdf = p.double().cumsum(dim=-1)
+    for _ in range(rounds):
+        c = cdf[todo]
+        u = torch.rand(c.shape[:-1] + (tries,), generator=rng, device=p.device, dtype=torch.float64)
+        cand = torch.searchsorted(c, u * c[..., -1:], right=True).clamp_(max=p.shape[-1] - 1)  # (r, G, T)
+        p_c = p[todo].gather(-1, cand).double().prod(dim=1)
+        q_c = q[todo].gather(-1, cand).double().prod(dim=1)
+        ok = torch.rand(p_c.shape, generator=rng, device=p.device, dtype=torch.float64) * p_c < p_c - q_c
+        hit = ok.any(dim=1)
+        first = ok.long().argmax(dim=1)
+        out[todo[hit]] = cand[hit, :, first[hit]] if hit.any() else out[todo[hit]]
+        todo = todo[~hit]
+        if not todo.numel():
+            return out
+    for r in todo.tolist():
+        out[r] = _enumerated_residual(p[r], q[r], rng)
+    return out
+
+
+def _enumerated_residual(p: torch.Tensor, q: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """max(0, P - Q) over the V ** G joint of one row (G, V), built outright: the rare fallback."""
+    joint_p, joint_q = p[0].double(), q[0].double()
+    for g in range(1, p.shape[0]):
+        joint_p = (joint_p[:, None] * p[g].double()[None]).flatten()
+        joint_q = (joint_q[:, None] * q[g].double()[None]).flatten()
+    flat = draw_rows(residual_weights(joint_p, joint_q), rng)
+    v = p.shape[-1]
+    return torch.stack([(flat // v ** (p.shape[0] - 1 - g)) % v for g in range(p.shape[0])])
+
+
 def draw_rows(weights: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
     """One index per row of unnormalised ``weights`` (..., V) by inverse CDF: one uniform per row
     (``torch.multinomial`` draws V exponentials per row, the largest cost of a pass's bookkeeping on
@@ -78,6 +124,20 @@ def draw_rows(weights: torch.Tensor, rng: torch.Generator | None) -> torch.Tenso
     return idx.clamp_(max=weights.shape[-1] - 1).squeeze(-1)
 
 
+def joint_prob(p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Probability of each position's sub-tokens: p (..., G, V), ids (..., G) -> (...), the heads' product."""
+    return p.gather(-1, ids[..., None]).squeeze(-1).prod(dim=-1)
+
+
+def _residual_draw(p: torch.Tensor, q: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """Rows (..., G, V) -> ids (..., G) from max(0, p - q): one head exactly as ``draw_rows`` of
+    :func:`coupling_weights`, several through :func:`joint_residual`."""
+    if p.shape[-2] == 1:
+        return draw_rows(coupling_weights(p, q), rng)
+    flat = joint_residual(p.reshape(-1, *p.shape[-2:]), q.reshape(-1, *q.shape[-2:]), rng)
+    return flat.view(p.shape[:-1])
+
+
 def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, coupled: bool,
                   rng: torch.Generator | None) -> torch.Tensor:
     """This pass's sample for every slot 1..W-1 (the next drafts where the slot stays unverified):
@@ -89,12 +149,11 @@ def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, couple
         return draw_rows(p[:, 1:], rng)
     # slots 1..W-2 hold drafts drafts[:, 1:] (position done + j); the last slot has none
     p_mid, q_mid, d_mid = p[:, 1:-1], q[:, 1:], drafts[:, 1:]
-    p_d = p_mid.gather(-1, d_mid[..., None]).squeeze(-1)
-    q_d = q_mid.gather(-1, d_mid[..., None]).squeeze(-1)
-    keep = accept_mask(p_d, q_d, torch.rand(d_mid.shape, generator=rng, device=p.device))
-    redraw = draw_rows(coupling_weights(p_mid, q_mid), rng)
+    p_d, q_d = joint_prob(p_mid, d_mid), joint_prob(q_mid, d_mid)
+    keep = accept_mask(p_d, q_d, torch.rand(p_d.shape, generator=rng, device=p.device))
+    redraw = _residual_draw(p_mid, q_mid, rng)
     last = draw_rows(p[:, -1:], rng)
-    return torch.cat([torch.where(keep, d_mid, redraw), last], dim=1)
+    return torch.cat([torch.where(keep[..., None], d_mid, redraw), last], dim=1)
 
 
 def _check(window: int, init: str) -> None:
@@ -106,17 +165,19 @@ def _check(window: int, init: str) -> None:
 
 def _init_drafts(tokens: torch.Tensor, fill: torch.Tensor, first_pos: torch.Tensor, codes: torch.Tensor,
                  last: torch.Tensor, init: str, grid_w: int, vocab: int, rng: torch.Generator | None) -> torch.Tensor:
-    """Fill the drafts where ``fill`` (B, K, a suffix of each row) with the init strategy; draft k
-    sits at image position first_pos + k; codes (B, N) holds the committed tokens (positions <
-    first_pos), ``last`` the last of them."""
+    """Fill the drafts (B, K, G) where ``fill`` (B, K, a suffix of each row) with the init strategy; draft k
+    sits at image position first_pos + k; codes (B, N, G) holds the committed tokens (positions <
+    first_pos), ``last`` (B, G) the last of them."""
     if not bool(fill.any()):
         return tokens
+    fill_g = fill[..., None]
     if init == "random":
         rand = torch.randint(vocab, tokens.shape, generator=rng, device=tokens.device)
-        return torch.where(fill, rand, tokens)
+        return torch.where(fill_g, rand, tokens)
     if init == "repeat-left":  # every filled slot repeats the token just before the suffix
-        before = torch.cat([last[:, None], tokens], dim=1).gather(1, (~fill).sum(1, keepdim=True))
-        return torch.where(fill, before, tokens)
+        at = (~fill).sum(1, keepdim=True)[..., None].expand(-1, -1, tokens.shape[-1])
+        before = torch.cat([last[:, None], tokens], dim=1).gather(1, at)
+        return torch.where(fill_g, before, tokens)
     out = tokens.clone()
     n = codes.shape[1]
     rows = torch.arange(tokens.shape[0], device=tokens.device)
@@ -125,8 +186,8 @@ def _init_drafts(tokens: torch.Tensor, fill: torch.Tensor, first_pos: torch.Tens
         above = first_pos + k - grid_w  # repeat-above; the first grid row repeats left
         committed = codes[rows, above.clamp(0, n - 1)]
         drafted = out[:, k - grid_w] if k >= grid_w else committed
-        new = torch.where(above < 0, left, torch.where(above < first_pos, committed, drafted))
-        out[:, k] = torch.where(fill[:, k], new, out[:, k])
+        new = torch.where((above < 0)[:, None], left, torch.where((above < first_pos)[:, None], committed, drafted))
+        out[:, k] = torch.where(fill_g[:, k], new, out[:, k])
     return out
 
 
@@ -136,7 +197,7 @@ class _Run:
 
     dec: TokenDecoder
     cache: TokenCache
-    codes: torch.Tensor  # (B, N) committed tokens
+    codes: torch.Tensor  # (B, N, G) committed tokens (G = 1 for one code per position)
     opts: SamplingOptions
     rng: torch.Generator | None
     window: int
@@ -146,10 +207,16 @@ class _Run:
     vocab: int
     grid_w: int
     prefix: int
+    token_shape: tuple[int, ...]
     slots: torch.Tensor = field(init=False)  # (W,) slot indices of a window
 
     def __post_init__(self) -> None:
         self.slots = torch.arange(self.window, device=self.codes.device)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass: tokens (R, W, G) in the model's shape through the decoder -> logits (R, W, G, V)."""
+        logits = self.dec.decode(x.view(*x.shape[:2], *self.token_shape), self.cache)
+        return logits.view(*x.shape, logits.shape[-1])
 
     @property
     def n(self) -> int:
@@ -167,17 +234,17 @@ class _Rows:
 
     active: torch.Tensor  # (M,) the sample of each cache row (guided: row M + i is row i unconditional)
     done: torch.Tensor  # (M,) committed tokens
-    drafts: torch.Tensor  # (M, W-1) drafts for the positions after the committed ones
-    q: torch.Tensor  # (M, W-1, V) the distribution each draft was drawn from
+    drafts: torch.Tensor  # (M, W-1, G) drafts for the positions after the committed ones
+    q: torch.Tensor  # (M, W-1, G, V) the distribution each draft was drawn from (per head)
 
 
 @dataclass
 class _Verified:
     """One pass's outcome per row, read by the commit and by the next drafts."""
 
-    p: torch.Tensor  # (M, W, V) target distribution at every slot
+    p: torch.Tensor  # (M, W, G, V) target distribution at every slot (per head)
     acc: torch.Tensor  # (M,) leading drafts accepted
-    cand: torch.Tensor  # (M, W) each slot's token after the pass: accepted draft, residual/free token, own sample
+    cand: torch.Tensor  # (M, W, G) each slot's token after the pass: accepted draft, residual/free token, own sample
 
 
 def _filled(run: _Run, active: torch.Tensor, done: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor | float,
@@ -185,15 +252,16 @@ def _filled(run: _Run, active: torch.Tensor, done: torch.Tensor, drafts: torch.T
     """Drafts and q with the slots in ``fill`` from the init strategy: a deterministic token, q one-hot."""
     last = run.codes[active, (done - 1).clamp(max=run.n - 1)]
     drafts = _init_drafts(drafts, fill, done, run.codes[active], last, run.init, run.grid_w, run.vocab, run.rng)
-    return drafts, torch.where(fill[..., None], torch.nn.functional.one_hot(drafts, run.vocab).float(), q)
+    return drafts, torch.where(fill[..., None, None], torch.nn.functional.one_hot(drafts, run.vocab).float(), q)
 
 
 def _start(run: _Run, b: int) -> _Rows:
     """The first pass's rows: every sample after its first token, every draft (and q) from the init strategy."""
     dev = run.codes.device
     active, done = torch.arange(b, device=dev), torch.ones(b, dtype=torch.long, device=dev)
-    blank = torch.zeros(b, run.window - 1, dtype=torch.long, device=dev)
-    return _Rows(active, done, *_filled(run, active, done, blank, 0.0, torch.ones_like(blank, dtype=torch.bool)))
+    blank = torch.zeros(b, run.window - 1, run.codes.shape[-1], dtype=torch.long, device=dev)
+    everywhere = torch.ones_like(blank[..., 0], dtype=torch.bool)
+    return _Rows(active, done, *_filled(run, active, done, blank, 0.0, everywhere))
 
 
 def _accepted(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
@@ -201,19 +269,31 @@ def _accepted(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, rng: torch
     w1 = drafts.shape[1]
     if not w1:
         return torch.zeros(drafts.shape[0], dtype=torch.long, device=drafts.device)
-    p_d = p[:, :w1].gather(-1, drafts[..., None]).squeeze(-1)
-    q_d = q.gather(-1, drafts[..., None]).squeeze(-1)
-    r = torch.rand(drafts.shape, generator=rng, device=drafts.device)
+    p_d, q_d = joint_prob(p[:, :w1], drafts), joint_prob(q, drafts)
+    r = torch.rand(p_d.shape, generator=rng, device=drafts.device)
     return accepted_prefix(accept_mask(p_d, q_d, r))
 
 
-def _residual(p: torch.Tensor, q: torch.Tensor, acc: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-    """The token at slot ``acc``: from max(0, p - q) at the first rejection, from p (free) if all passed."""
+def _residual(p: torch.Tensor, q: torch.Tensor, acc: torch.Tensor, opts: SamplingOptions,
+              rng: torch.Generator | None) -> torch.Tensor:
+    """The token (M, G) at slot ``acc``: from max(0, p - q) at the first rejection, from p (free) if all passed.
+    Sub-tokens: the free rows draw head by head as plain AR does (so ``window=1`` is AR bitwise), the
+    rejected ones from the joint residual."""
     w1 = q.shape[1]
     rows = torch.arange(acc.shape[0], device=acc.device)
-    q_slot = q[rows, acc.clamp(max=w1 - 1)] if w1 else torch.zeros_like(p[:, 0])
-    q_slot = torch.where((acc == w1)[:, None], torch.zeros_like(q_slot), q_slot)
-    return torch.multinomial(residual_weights(p[rows, acc], q_slot), 1, generator=rng).squeeze(-1)
+    p_slot = p[rows, acc]
+    q_slot = q[rows, acc.clamp(max=w1 - 1)] if w1 else torch.zeros_like(p_slot)
+    free = acc == w1
+    if p.shape[-2] == 1:
+        q_slot = torch.where(free[:, None, None], torch.zeros_like(q_slot), q_slot)
+        return torch.multinomial(residual_weights(p_slot[:, 0], q_slot[:, 0]), 1, generator=rng)
+    out = torch.empty(p_slot.shape[:-1], dtype=torch.long, device=p.device)
+    if bool(free.any()):
+        p_free = p_slot[free]
+        out[free] = torch.stack([multinomial(p_free[:, g], rng) for g in range(p_free.shape[1])], dim=1)
+    if not bool(free.all()):
+        out[~free] = joint_residual(p_slot[~free], q_slot[~free], rng)
+    return out
 
 
 def _verify(run: _Run, rows: _Rows) -> _Verified:
@@ -221,15 +301,15 @@ def _verify(run: _Run, rows: _Rows) -> _Verified:
     the accepted prefix, the residual/free token after it, and this pass's own samples in the later slots."""
     drafts, q = rows.drafts, rows.q
     x = torch.cat([run.codes[rows.active, rows.done - 1][:, None], drafts], dim=1)
-    logits = run.dec.decode(torch.cat([x, x]) if run.guided else x, run.cache)
+    logits = run.step(torch.cat([x, x]) if run.guided else x)
     index = rows.done[:, None] + run.slots  # the image position each slot predicts
     p = target_probs(guide_at(logits, index, run.opts, run.n) if run.guided else logits, run.opts)
     acc = _accepted(p, drafts, q, run.rng)
-    new_tok = _residual(p, q, acc, run.rng)
+    new_tok = _residual(p, q, acc, run.opts, run.rng)
     fresh = _next_samples(p, drafts, q, run.coupled, run.rng) if drafts.shape[1] else drafts
     cand = torch.cat([drafts, new_tok[:, None]], dim=1)
     cand[torch.arange(acc.shape[0], device=acc.device), acc] = new_tok
-    cand[:, 1:] = torch.where(run.slots[None, 1:] > acc[:, None], fresh, cand[:, 1:])
+    cand[:, 1:] = torch.where((run.slots[None, 1:] > acc[:, None])[..., None], fresh, cand[:, 1:])
     return _Verified(p, acc, cand)
 
 
@@ -254,16 +334,16 @@ def _commit(run: _Run, rows: _Rows, v: _Verified, stats: SamplerStats) -> torch.
 def _next_drafts(run: _Run, rows: _Rows, v: _Verified, step: torch.Tensor) -> None:
     """The next pass's drafts: this pass's tokens in the slots after the committed ones (q: this pass's p
     there; kept accepted drafts, ``ragged=False`` only: kept_draft_probs), then the init strategy."""
-    window, vocab, w1 = run.window, run.vocab, run.window - 1
+    window, w1 = run.window, run.window - 1
     src = step[:, None] + 1 + run.slots[None, :w1]
     keep = src < window
     src = src.clamp(max=window - 1)
-    nxt = v.cand.gather(1, src)
-    q_next = v.p.gather(1, src[..., None].expand(-1, -1, vocab))
+    nxt = v.cand.gather(1, src[..., None].expand(-1, -1, v.cand.shape[-1]))
+    q_next = v.p.gather(1, src[..., None, None].expand(-1, -1, *v.p.shape[2:]))
     kept_acc = keep & (src < v.acc[:, None])  # accepted drafts carried over (ragged=False only)
     if bool(kept_acc.any()):
-        q_old = rows.q.gather(1, src.clamp(max=w1 - 1)[..., None].expand(-1, -1, vocab))
-        q_next = torch.where(kept_acc[..., None], kept_draft_probs(q_next, q_old), q_next)
+        q_old = rows.q.gather(1, src.clamp(max=w1 - 1)[..., None, None].expand(-1, -1, *v.p.shape[2:]))
+        q_next = torch.where(kept_acc[..., None, None], kept_draft_probs(q_next, q_old), q_next)
     rows.drafts, rows.q = _filled(run, rows.active, rows.done, nxt, q_next, ~keep)
 
 
@@ -304,16 +384,18 @@ def sample_sjd(
     inp = torch.cat([cond, model.null_condition(b)]) if opts.guided else cond
     dec = decoder_for(model, compile)
     cache = dec.new_cache(inp.shape[0], model.prefix_len + n + window - 1)
-    codes = torch.zeros(b, n, dtype=torch.long, device=cache.lengths.device)
+    shape = tuple(model.token_shape)
+    codes = torch.zeros(b, n, math.prod(shape), dtype=torch.long, device=cache.lengths.device)
     run = _Run(dec, cache, codes, opts, rng, window, init, ragged, coupled, model.vocab_size, model.token_grid[1],
-               model.prefix_len)
+               model.prefix_len, shape)
     stats = SamplerStats("sjd", b, n, guided_rows=inp.shape[0])
     stats.accept_histogram = [0] * (window + 1)
 
     logits = dec.prefill(inp, cache)
     stats.forward_passes = 1
     zero = torch.zeros(b, 1, dtype=torch.long, device=codes.device)
-    codes[:, 0] = draw(guide_at(logits[:, None], zero, opts, n)[:, 0] if opts.guided else logits, opts, rng)
+    first = draw_position(guide_at(logits[:, None], zero, opts, n)[:, 0] if opts.guided else logits, opts, rng)
+    codes[:, 0] = first.view(b, -1)
     rows = _start(run, b)
     bar = tqdm(total=n, disable=not progress, desc="sjd", unit="tok", leave=False)
     bar.update(1)
@@ -326,8 +408,8 @@ def sample_sjd(
         low = int(rows.done.min()) if rows.done.numel() else n
         bar.update(low - bar.n)
         if callback is not None and (low // callback_every > reported // callback_every or low == n):
-            callback(low, codes[:, :low])
+            callback(low, codes[:, :low].view(b, low, *shape))
             reported = low
     bar.close()
     stats.wall_time_s = time.perf_counter() - start
-    return codes, stats
+    return codes.view(b, n, *shape), stats

@@ -44,6 +44,7 @@ class TableModel(torch.nn.Module):
 
     kind = "token"
     sampling_conventions: dict[str, str] = {}
+    token_shape: tuple[int, ...] = ()
     prefix_len = 1
 
     def __init__(self, vocab: int = 5, length: int = 4, num_classes: int = 2, sharpness: float = 1.5,

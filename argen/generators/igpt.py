@@ -172,6 +172,7 @@ class ImageGPT(Pretrained):
     config_class = ImageGPTConfig
     kind = "token"
     sampling_conventions: dict[str, str] = {}
+    token_shape: tuple[int, ...] = ()  # one palette id per pixel
 
     def __init__(self, config: ImageGPTConfig) -> None:
         super().__init__()

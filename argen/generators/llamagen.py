@@ -197,12 +197,13 @@ class LlamaGen(Pretrained):
     config_class = LlamaGenConfig
     kind = "token"
     sampling_conventions: dict[str, str] = {}  # constant guidance, the HF top-p rule (the defaults)
+    token_shape: tuple[int, ...] = ()  # one code per position
 
     def __init__(self, config: LlamaGenConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
+        self.build_token_io()
         if c.model_type == "c2i":
             self.cls_embedding = LabelEmbedding(c.num_classes, c.dim, c.class_dropout_prob)
         else:
@@ -211,13 +212,31 @@ class LlamaGen(Pretrained):
         rates = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
         self.layers = nn.ModuleList(TransformerBlock(c, r) for r in rates)
         self.norm = RMSNorm(c.dim, eps=c.norm_eps)
-        self.output = Linear(c.dim, c.vocab_size, bias=False)
         self._tokenizer: tuple = ()  # the bound VQ tokenizer (a tuple: not a submodule, not in the state dict)
         self.init_buffers()
 
+    def build_token_io(self) -> None:
+        """The token embedding and the output head (ELM splits both per sub-token)."""
+        c = self.config
+        self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
+        self.output = Linear(c.dim, c.vocab_size, bias=False)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, W, *token_shape) -> input vectors (B, W, dim)."""
+        return self.tok_embeddings(tokens)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, W, dim) -> float32 logits (B, W, *token_shape, V)."""
+        return self.output(h).float()
+
+    @property
+    def _ref(self) -> torch.Tensor:
+        """A parameter whose device and dtype are the model's."""
+        return self.norm.weight
+
     def init_buffers(self) -> None:
         c = self.config
-        device = self.tok_embeddings.weight.device
+        device = self._ref.device
         with torch.device("cpu"):  # tables are built on the CPU even inside a meta-device context
             table = rope_2d_table(c.grid_size, c.head_dim, c.rope_base, n_prefix=c.cls_token_num)
         self.register_buffer("rope", table.to("cpu" if device.type == "meta" else device), persistent=False)
@@ -271,7 +290,7 @@ class LlamaGen(Pretrained):
 
     def null_condition(self, batch_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
         """The unconditional input for CFG: class ``num_classes`` (c2i) or the null caption (t2i)."""
-        dev = self.tok_embeddings.weight.device
+        dev = self._ref.device
         if self.config.model_type == "c2i":
             if self.config.class_dropout_prob <= 0:
                 raise ConfigError("this model was built without a null class (class_dropout_prob=0): no CFG")
@@ -284,7 +303,7 @@ class LlamaGen(Pretrained):
         c = self.config
         if c.model_type == "c2i":
             null = allow_null and c.class_dropout_prob > 0
-            return check_class_ids(cond, c.num_classes, self.tok_embeddings.weight.device, null)
+            return check_class_ids(cond, c.num_classes, self._ref.device, null)
         if cond.dim() != 3 or cond.shape[1:] != (c.cls_token_num, c.caption_dim):
             raise ConfigError(
                 f"t2i condition must be caption features (B, {c.cls_token_num}, {c.caption_dim}), "
@@ -295,7 +314,7 @@ class LlamaGen(Pretrained):
     # -- forward passes --------------------------------------------------------------------------
     def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
         emb = self.cls_embedding(cond)
-        return emb.to(self.tok_embeddings.weight.dtype)
+        return emb.to(self._ref.dtype)
 
     def _blocks(self, h: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
                 window: CacheWindow | None = None) -> torch.Tensor:
@@ -313,19 +332,19 @@ class LlamaGen(Pretrained):
         condition and tokens < i. ``include_last`` also feeds the last token (N + 1 rows)."""
         inp = tokens if include_last else tokens[:, :-1]
         prefix = self.embed_condition(cond)
-        h = self.tok_dropout(torch.cat([prefix, self.tok_embeddings(inp)], dim=1))
+        h = self.tok_dropout(torch.cat([prefix, self.embed_tokens(inp)], dim=1))
         t = h.shape[1]
         if t > self.rope.shape[0]:
             raise ConfigError(f"sequence of {t} positions exceeds the model's {self.rope.shape[0]}")
         h = self._run(h, self.rope[:t].unsqueeze(0))
-        return self.output(h[:, self.prefix_len - 1 :]).float()
+        return self.head(h[:, self.prefix_len - 1 :])
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None
     ) -> KVCache:
         """A KV cache for ``batch_size`` rows (CFG doubles it) holding prefix + all image tokens."""
         c = self.config
-        w = self.tok_embeddings.weight
+        w = self._ref
         return KVCache(
             c.n_layer,
             batch_size,
@@ -345,7 +364,7 @@ class LlamaGen(Pretrained):
         window = cache.prepare(h.shape[1])
         h = self._run(h, self._rope_for(window), cache, window)
         cache.advance(window)
-        return self.output(h[:, -1]).float()
+        return self.head(h[:, -1])
 
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append tokens (B, W) after each row's cached length; return logits (B, W, V) where row j
@@ -363,7 +382,7 @@ class LlamaGen(Pretrained):
         return self._decode_window(tokens, cache, cache.window_at(positions))
 
     def _decode_window(self, tokens: torch.Tensor, cache: KVCache, window: CacheWindow) -> torch.Tensor:
-        h = self.tok_embeddings(tokens)
+        h = self.embed_tokens(tokens)
         h = self._run(h, self._rope_for(window), cache, window)
-        return self.output(h).float()
+        return self.head(h)
 
