@@ -73,11 +73,18 @@ class TokenDecoder(Protocol):
 
 
 class TokenGenerator(Generator, TokenDecoder, Protocol):
-    """Next-token prediction over a raster of discrete codes: VQ codes (LlamaGen) or palette pixels
-    (image-GPT); samplers ar, sjd, flow."""
+    """Next-token prediction over a raster of discrete codes: VQ codes (LlamaGen), palette pixels
+    (image-GPT) or a binary autoencoder's sub-tokens (ELM); samplers ar, sjd, flow.
+
+    ``token_shape`` is what one raster position holds: ``()`` for one code, ``(G,)`` for G sub-tokens
+    predicted at once from one hidden state by G heads (ELM's split vocabulary). Tokens are then
+    (B, W, *token_shape) and logits (B, W, *token_shape, V); a position's probability is the product of
+    its heads' (they are drawn independently), which is how every sampler treats it."""
+
+    token_shape: tuple[int, ...]
 
     @property
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int: ...  # of one head (a sub-vocabulary where token_shape is (G,))
 
     @property
     def prefix_len(self) -> int: ...  # cache entries the condition takes
@@ -219,12 +226,36 @@ class DistilledGenerator(Generator, Protocol):
         """(B, N, C) vectors -> (B, N) ids of the nearest codes (squared L2)."""
 
 
+class MaskedGenerator(Generator, Protocol):
+    """Masked-token prediction over a raster of discrete codes: every position predicted at once from the
+    known ones, bidirectionally (ELM's MLM, MaskGIT-style models); sampler mask.
+
+    ``token_shape`` as for :class:`TokenGenerator`: ``()`` for one code per position, ``(G,)`` for G
+    sub-tokens, predicted independently of each other given the context."""
+
+    token_shape: tuple[int, ...]
+
+    @property
+    def vocab_size(self) -> int: ...  # of one sub-token
+
+    @property
+    def token_grid(self) -> tuple[int, int]: ...  # (rows, columns) of the raster
+
+    def null_condition(self, batch_size: int) -> torch.Tensor: ...
+
+    def masked_logits(self, tokens: torch.Tensor, masked: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, *token_shape) with ``masked`` (B, N) True where unknown (their values are ignored)
+        and conditions (B,) (or ``null_condition`` rows) -> float32 logits (B, N, *token_shape, V) of every
+        position given the known ones."""
+
+
 PROTOCOLS: dict[str, type] = {
     "token": TokenGenerator,
     "scale": ScaleGenerator,
     "continuous": ContinuousGenerator,
     "flow-scale": FlowScaleGenerator,
     "distilled": DistilledGenerator,
+    "masked": MaskedGenerator,
 }
 
 
