@@ -7,6 +7,10 @@ Jacobi drafts are often wrong). ``exact_joint`` enumerates P(x_1..x_L | class) a
 processing the samplers apply (CFG, temperature, top-k, top-p); ``check_samples`` runs Pearson's
 chi-square on the joint, the per-position and the adjacent-pair marginals, and bounds the total
 variation. Any later sampler of token-wise models is tested by handing it to ``run``.
+
+With ``heads`` > 1 a position holds that many sub-tokens (ELM's split vocabulary, ``token_shape``
+(heads,)), drawn independently from per-head logits; the joint is enumerated over the combined codes
+(vocab ** heads per position) and judged on them.
 """
 from __future__ import annotations
 
@@ -48,14 +52,17 @@ class TableModel(torch.nn.Module):
     prefix_len = 1
 
     def __init__(self, vocab: int = 5, length: int = 4, num_classes: int = 2, sharpness: float = 1.5,
-                 grid: tuple[int, int] | None = None, seed: int = 0) -> None:
+                 grid: tuple[int, int] | None = None, seed: int = 0, heads: int = 1) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.vocab_size, self.seq_len, self.num_classes = vocab, length, num_classes
-        self.radix = vocab + 1
+        self.heads = heads
+        self.token_shape = (heads,) if heads > 1 else ()
+        self.radix = vocab**heads + 1
         self.token_grid = grid or (1, length)
         n_codes = self.radix ** (length - 1)
-        self.register_buffer("table", torch.randn(num_classes + 1, n_codes, vocab, generator=g) * sharpness)
+        shape = (num_classes + 1, n_codes, *self.token_shape, vocab)
+        self.register_buffer("table", torch.randn(*shape, generator=g) * sharpness)
         self.register_buffer("weights", self.radix ** torch.arange(length - 1))
         # each code's vector in a 3-d "tokenizer" space (the flow sampler's noise lives there)
         self.register_buffer("code_vectors", torch.randn(vocab, 3, generator=g))
@@ -88,18 +95,25 @@ class TableModel(torch.nn.Module):
         cache.lengths += tokens.shape[1]
         return logits
 
+    def combined(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Sub-tokens (..., heads) -> one code per position (the first head most significant)."""
+        if not self.token_shape:
+            return tokens
+        return (tokens * self.vocab_size ** torch.arange(self.heads - 1, -1, -1)).sum(-1)
+
     def decode_at(self, tokens: torch.Tensor, pos: torch.Tensor, cache: TokenCache) -> torch.Tensor:
         assert int(pos.max()) < cache.tokens.shape[1], "window beyond the cache"
-        cache.tokens[torch.arange(tokens.shape[0])[:, None], pos] = tokens
+        cache.tokens[torch.arange(tokens.shape[0])[:, None], pos] = self.combined(tokens)
         image = cache.tokens[:, self.prefix_len :]  # a prefix code reads only the tokens up to its position
         codes = self.prefix_codes(image).gather(1, (pos - self.prefix_len).clamp(max=self.seq_len - 2))
         return self.table[cache.cond[:, None], codes % self.table.shape[1]]
 
 
 def exact_joint(model: TableModel, cls: int, opts: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """(every sequence (V^L, L), its probability (V^L,) float64) under the processed distribution."""
-    v, n = model.vocab_size, model.seq_len
-    seqs = torch.tensor(list(itertools.product(range(v), repeat=n)), dtype=torch.long)
+    """(every sequence (C^L, L) of combined codes, its probability (C^L,) float64) under the processed
+    distribution; C = vocab ** heads, a position's probability the product of its heads'."""
+    v, n, h = model.vocab_size, model.seq_len, model.heads
+    seqs = torch.tensor(list(itertools.product(range(v**h), repeat=n)), dtype=torch.long)
     prob = torch.ones(seqs.shape[0], dtype=torch.float64)
     codes = torch.cat([torch.zeros(seqs.shape[0], 1, dtype=torch.long), model.prefix_codes(seqs)[:, :-1]], dim=1)
     for k in range(n):
@@ -109,7 +123,9 @@ def exact_joint(model: TableModel, cls: int, opts: SamplingOptions) -> tuple[tor
                               torch.full((seqs.shape[0], 1), k), opts, n)[:, 0]
         else:
             logits = cond
-        prob *= target_probs(logits, opts).double().gather(1, seqs[:, k : k + 1]).squeeze(1)
+        probs = target_probs(logits, opts).double().view(seqs.shape[0], h, v)
+        subs = torch.stack([(seqs[:, k] // v ** (h - 1 - g)) % v for g in range(h)], dim=1)
+        prob *= probs.gather(2, subs[..., None]).squeeze(-1).prod(dim=1)
     return seqs, prob
 
 
@@ -181,9 +197,9 @@ def run(model: TableModel, sampler: str, cls: int = 0, n: int = N_SAMPLES, seed:
     out = []
     for i in range(0, n, batch):
         codes, _ = samplers.sample(model, [cls] * min(batch, n - i), sampler=sampler, generator=rng, **options)
-        out.append(codes)
+        out.append(model.combined(codes))
     seqs, prob = exact_joint(model, cls, opts)
-    return check_samples(torch.cat(out), seqs, prob, model.vocab_size)
+    return check_samples(torch.cat(out), seqs, prob, model.vocab_size**model.heads)
 
 
 def tv_of(verdict: Verdict) -> str:

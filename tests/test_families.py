@@ -194,10 +194,10 @@ def test_training_checks_the_family_against_the_tokenizer(vq_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert ("--kind mar needs a continuous (KL VAE or diffusers AutoencoderKL) tokenizer" in err
             and "'llamagen-vq'" in err)
-    with pytest.raises(ConfigError, match="no generator family is trained on 'bits' tokenizers"):
+    with pytest.raises(ConfigError, match="no generator family is trained on 'voxels' tokenizers"):
         from argen.families import family_for_tokenizer
 
-        family_for_tokenizer("bits")
+        family_for_tokenizer("voxels")
 
 
 def test_a_family_whose_generator_breaks_its_protocol_is_refused(toy):
@@ -215,8 +215,8 @@ def test_a_family_whose_generator_breaks_its_protocol_is_refused(toy):
     with pytest.raises(ConfigError,
                        match="unknown generator kind 'voxel'; kinds .*: token, scale, continuous, flow-scale"):
         register_family(dataclasses.replace(toy, name="broken", generator_class=Odd))
-    with pytest.raises(ConfigError, match="unknown tokenizer kind 'bits'"):
-        register_family(dataclasses.replace(toy, name="broken", tokenizer_kind="bits"))
+    with pytest.raises(ConfigError, match="unknown tokenizer kind 'voxels'"):
+        register_family(dataclasses.replace(toy, name="broken", tokenizer_kind="voxels"))
     assert "broken" not in [f.name for f in families()]
 
 

@@ -68,11 +68,34 @@ class PixelTokenizer(DiscreteTokenizer, Protocol):
     ``code_vectors`` are the colours (K, 3) in [-1, 1]."""
 
 
+class BitTokenizer(Tokenizer, Protocol):
+    """K bits per latent cell (ELM's binary autoencoder), read as ``token_each`` sub-tokens of
+    ``code_dim`` bits each, most significant bit first: codes (B, h, w, token_each) int64 in
+    [0, 2 ** code_dim). ``encode(images, sample=True, generator=g)`` draws the bits from their
+    Bernoulli probabilities instead of thresholding them at 0.5."""
+
+    @property
+    def bits(self) -> int: ...  # K = token_each * code_dim
+
+    @property
+    def token_each(self) -> int: ...
+
+    @property
+    def code_dim(self) -> int: ...
+
+    @property
+    def codebook_size(self) -> int: ...  # 2 ** code_dim: one sub-token's vocabulary
+
+    def encode(self, images: torch.Tensor, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
 TOKENIZER_PROTOCOLS: dict[str, type] = {
     "discrete": DiscreteTokenizer,
     "pixels": PixelTokenizer,
     "multiscale": MultiScaleTokenizer,
     "continuous": ContinuousTokenizer,
+    "bits": BitTokenizer,
 }
 
 

@@ -1,7 +1,8 @@
 """Training a tokenizer -- LlamaGen's VQ (``kind="vq"``), VAR's multi-scale VQ-VAE
 (``kind="multiscale"``): reconstruction (MSE) + codebook + commitment losses; or MAR's KL VAE
 (``kind="kl"``): reconstruction + a weighted KL to N(0, I), its latent scale calibrated at the end
-(1 / std of the latents, so a diffusion head sees unit-variance tokens). Optionally a VGG feature
+(1 / std of the latents, so a diffusion head sees unit-variance tokens); or ELM's binary autoencoder
+(``kind="binary"``): reconstruction through Bernoulli bits passed on straight-through. Optionally a VGG feature
 (perceptual) loss from locally available weights and a PatchGAN hinge adversarial loss.
 Result: an argen tokenizer folder (config.json + model.safetensors)."""
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from argen.errors import ConfigError
 from argen.images import make_grid, to_pil
 from argen.modeling import build_config
+from argen.tokenizers.binary import BinaryAEConfig, BinaryAutoEncoder
 from argen.tokenizers.kl import KLVAE, KLConfig
 from argen.tokenizers.msvq import PATCH_NUMS_256, MultiScaleVQConfig, MultiScaleVQVAE
 from argen.tokenizers.vq import VQConfig, VQTokenizer
@@ -58,7 +60,13 @@ KL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, embed_dim=4, norm_groups=8),
     "small": dict(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1, embed_dim=8, norm_groups=8),
 }
-KINDS = ("vq", "multiscale", "kl")
+# ELM binary autoencoder presets (downsample 4 and 8; codebook_size = bits per latent cell)
+BINARY_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(nf=32, ch_mult=[1, 2, 2], res_blocks=1, emb_dim=32, codebook_size=8, norm_groups=8),
+    "small": dict(nf=32, ch_mult=[1, 1, 2, 2], res_blocks=1, emb_dim=64, codebook_size=10, norm_groups=8),
+}
+KINDS = ("vq", "multiscale", "kl", "binary")
+TokenizerConfig = VQConfig | MultiScaleVQConfig | KLConfig | BinaryAEConfig
 
 
 def patch_nums_for(latent: int) -> list[int]:
@@ -70,20 +78,33 @@ def patch_nums_for(latent: int) -> list[int]:
 
 def tokenizer_config(
     preset: str, kind: str = "vq", resolution: int | None = None, **overrides: Any
-) -> VQConfig | MultiScaleVQConfig | KLConfig:
+) -> TokenizerConfig:
     """A training preset with the options that were given (None = keep the preset's value). For the
-    multi-scale kind, ``v_patch_nums`` defaults to :func:`patch_nums_for` the latent size at ``resolution``."""
+    multi-scale kind, ``v_patch_nums`` defaults to :func:`patch_nums_for` the latent size at ``resolution``;
+    for the binary kind, ``img_size`` to ``resolution`` and attention to the latent resolution (as ELM)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if kind == "vq":
         return build_config(VQConfig, PRESETS, preset, given, "tokenizer")
     if kind == "kl":
         return build_config(KLConfig, KL_PRESETS, preset, given, "KL tokenizer")
+    if kind == "binary":
+        return binary_config(preset, resolution, given)
     if kind != "multiscale":
         raise ConfigError(f"unknown tokenizer kind {kind!r}; known: {', '.join(KINDS)}")
     cfg = build_config(MultiScaleVQConfig, MULTISCALE_PRESETS, preset, given, "multi-scale tokenizer")
     if "v_patch_nums" not in given and resolution:
         cfg.v_patch_nums = patch_nums_for(resolution // cfg.downsample)
     return cfg
+
+
+def binary_config(preset: str, resolution: int | None, given: dict[str, Any]) -> BinaryAEConfig:
+    base = dict(BINARY_PRESETS.get(preset, {}))
+    if resolution and "img_size" not in given:
+        given = {**given, "img_size": resolution}
+    if "attn_resolutions" not in given and "img_size" in given:
+        ch_mult = given.get("ch_mult", base.get("ch_mult", BinaryAEConfig().ch_mult))
+        given = {**given, "attn_resolutions": [given["img_size"] // 2 ** (len(ch_mult) - 1)]}
+    return build_config(BinaryAEConfig, BINARY_PRESETS, preset, given, "binary tokenizer")
 
 
 class PatchDiscriminator(nn.Module):
@@ -133,13 +154,14 @@ class VGGPerceptual(nn.Module):
 
 def vq_loss(
     model: nn.Module, images: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 1.0,
-    kl_weight: float = 1e-6,
+    kl_weight: float = 1e-6, code_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Reconstruction (MSE) + the tokenizer's own terms (VQ: codebook + commitment; KL VAE:
-    ``kl_weight`` x KL) (+ perceptual) -> (loss, recon, logs)."""
+    """Reconstruction (MSE, in argen's [-1, 1]) + the tokenizer's own terms (VQ: codebook + commitment;
+    KL VAE: ``kl_weight`` x KL; binary AE: ``code_weight`` x ELM's codebook loss, 0 as released)
+    (+ perceptual) -> (loss, recon, logs)."""
     recon, q = model(images)
     rec = F.mse_loss(recon.float(), images)
-    weights = {"kl": kl_weight}
+    weights = {"kl": kl_weight, "code": code_weight}
     loss = rec + sum(weights.get(k, 1.0) * v for k, v in q.items())
     logs = {"rec": rec.item(), **{k: v.item() for k, v in q.items()}}
     if perceptual is not None:
@@ -151,7 +173,7 @@ def vq_loss(
 
 def train_tokenizer(
     settings: TrainSettings,
-    config: VQConfig | MultiScaleVQConfig,
+    config: TokenizerConfig,
     *,
     perceptual_weights: str | None = None,
     perceptual_weight: float = 1.0,
@@ -160,11 +182,13 @@ def train_tokenizer(
     dead_code_threshold: float = 0.03,
     kl_weight: float = 1e-6,
     calibrate_scale: bool = True,
+    code_weight: float = 0.0,
 ) -> Path:
-    """Train a tokenizer (the config's type picks LlamaGen's VQ, VAR's multi-scale VQ-VAE or the KL
-    VAE); write the result to ``settings.out`` and return that folder. ``dead_code_threshold``: codes
-    hit less than this fraction of a uniform share are re-seeded. KL VAE: ``kl_weight``, and
-    ``calibrate_scale`` sets its scaling factor to 1 / std of the latents of held-out images."""
+    """Train a tokenizer (the config's type picks LlamaGen's VQ, VAR's multi-scale VQ-VAE, the KL
+    VAE or ELM's binary autoencoder); write the result to ``settings.out`` and return that folder.
+    ``dead_code_threshold``: codes hit less than this fraction of a uniform share are re-seeded. KL VAE:
+    ``kl_weight``, and ``calibrate_scale`` sets its scaling factor to 1 / std of the latents of held-out
+    images. Binary AE: ``code_weight`` x ELM's codebook loss (0, as released)."""
     out = Path(settings.out)
     check_stride(settings.resolution, config.downsample)
     acc = make_accelerator(settings)
@@ -174,9 +198,11 @@ def train_tokenizer(
         model.latent_grid(settings.resolution)  # the last scale must be the latent size
     elif isinstance(config, KLConfig):
         model = KLVAE(config)
+    elif isinstance(config, BinaryAEConfig):
+        model = BinaryAutoEncoder(config)
     else:
         model = VQTokenizer(config)
-    if hasattr(model, "quantize"):
+    if _restarts(model):
         model.quantize.dead_code_threshold = dead_code_threshold
     dataset, infinite, class_names = make_dataset(settings.data, settings.resolution, hflip=settings.hflip,
                                                   random_crop=settings.random_crop, seed=settings.seed)
@@ -213,7 +239,7 @@ def train_tokenizer(
             group["lr"] = lr_at(step, settings)
         images = images.to(acc.device)
         with acc.autocast():
-            loss, recon, logs = vq_loss(model, images, perceptual, perceptual_weight, kl_weight)
+            loss, recon, logs = vq_loss(model, images, perceptual, perceptual_weight, kl_weight, code_weight)
             if disc is not None and step >= disc_start:
                 g = -disc(recon).mean()
                 loss = loss + disc_weight * g
@@ -223,7 +249,7 @@ def train_tokenizer(
         if settings.grad_clip:
             acc.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
-        if hasattr(acc.unwrap_model(model), "quantize"):
+        if _restarts(acc.unwrap_model(model)):
             logs["restarted"] = acc.unwrap_model(model).quantize.restart_dead_codes()
         if disc is not None and step >= disc_start:
             with acc.autocast():
@@ -265,6 +291,11 @@ def train_tokenizer(
     return out
 
 
+def _restarts(model: nn.Module) -> bool:
+    """Whether the model's quantiser re-seeds dead codes (the VQ kinds; not the KL or binary AE)."""
+    return hasattr(getattr(model, "quantize", None), "restart_dead_codes")
+
+
 def _restart_state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     """The dead-code restarts' running code usage, which is not in the model's weights: the checkpoint
     keeps it so that a resumed run re-seeds the same codes as an uninterrupted one."""
@@ -282,7 +313,8 @@ def latent_scale(vae: KLVAE, images: torch.Tensor, settings: TrainSettings, n: i
 
 
 @torch.no_grad()
-def _sample_grid(model: VQTokenizer | MultiScaleVQVAE | KLVAE, images: torch.Tensor, path: Path) -> None:
+def _sample_grid(model: VQTokenizer | MultiScaleVQVAE | KLVAE | BinaryAutoEncoder, images: torch.Tensor,
+                 path: Path) -> None:
     model.eval()
     recon = model.decode(model.encode(images)).clamp(-1, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
