@@ -465,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MAR: the diffusion head's betas (default: the preset's, linear; "
                          "the released MARs use cosine)")
     tg.add_argument("--latents", choices=["sample", "mean"], default="sample",
-                    help="MAR/FlowAR: train on posterior samples (official) or the posterior mean (noise-free)")
+                    help="MAR/FlowAR: train on posterior samples (official) or the posterior mean (noise-free); "
+                         "ELM: Bernoulli-sampled bits (official) or bits thresholded at 0.5")
     tg.add_argument("--init-from", metavar="DIR",
                     help="start from the generator weights of a pretrained folder (same architecture and tokenizer): "
                          "fine-tune it, or train a finished model longer; --resume's checkpoint takes precedence")

@@ -13,6 +13,7 @@ import torch
 
 from argen.errors import ConfigError, UnknownModelError
 from argen.families import get_family
+from argen.families.elm import ELM_FID
 from argen.families.igpt import IGPT_DEFAULTS
 from argen.families.mar import MAR_EVAL
 from argen.hub import resolve_file
@@ -171,6 +172,27 @@ def _igpt(size: str, params: str) -> ZooEntry:
     )
 
 
+ELM_REPO = "xuantonglll/ELM"
+
+
+def _elm(release: str, params: str) -> ZooEntry:
+    """An ELM LM (``gpt/<release>.pth``) with the BAE of token_each x code_dim bits (1-16 and 2-8: bae_16)."""
+    size, each, code = release.split("-")
+    bits = int(each) * int(code)
+    return ZooEntry(
+        name=f"elm-{release.lower()}",
+        family="elm",
+        description=f"ELM-{size} AR LM, ImageNet 256px class-to-image, {bits}-bit BAE tokens read as {each} "
+                    f"sub-token{'s' if int(each) > 1 else ''} of {code} bits",
+        image_size=256,
+        repo_id=ELM_REPO,
+        files={"generator": f"gpt/{release}.pth", "tokenizer": f"bae/bae_{bits}/binaryae_ema.th"},
+        generator_args={"release": release},
+        defaults=dict(ELM_FID),
+        params=params,
+    )
+
+
 OFFICIAL: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -200,6 +222,18 @@ OFFICIAL: dict[str, ZooEntry] = {
         _igpt("small", "76M"),
         _igpt("medium", "455M"),
         _igpt("large", "1.4B"),
+        _elm("L-1-16", "444M"),
+        _elm("L-2-8", "313M"),
+        _elm("L-2-10", "316M"),
+        _elm("L-2-12", "328M"),
+        _elm("XL-1-16", "901M"),
+        _elm("XL-2-8", "737M"),
+        _elm("XL-2-10", "741M"),
+        _elm("XL-2-12", "757M"),
+        _elm("XXL-1-16", "1.6B"),
+        _elm("XXL-2-10", "1.4B"),
+        _elm("XXL-2-12", "1.4B"),
+        _elm("2B-2-12", "1.9B"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name

@@ -41,7 +41,8 @@ def official_rows(logits: torch.Tensor) -> torch.Tensor:
 
 def sample(model: ELM, run: str, sampler: str = "ar", **extra) -> torch.Tensor:
     kw = RUNS[run]
-    codes, _ = samplers.sample(model, IO["labels"], sampler=sampler, generator=torch.Generator().manual_seed(kw["seed"]),
+    gen = torch.Generator().manual_seed(kw["seed"])
+    codes, _ = samplers.sample(model, IO["labels"], sampler=sampler, generator=gen,
                                cfg_scale=kw["cfg_scale"], cfg_schedule=kw["cfg_schedule"], top_k=kw["top_k"],
                                temperature=kw["temperature"], **extra)
     return codes

@@ -184,7 +184,7 @@ def test_bad_training_input(trained, tmp_path):
         tokenizer_config("huge")
     with pytest.raises(ConfigError, match="steps must be >= 1"):
         _settings(tmp_path, steps=0)
-    with pytest.raises(ConfigError, match="latents='mean' is for a continuous .*discrete"):
+    with pytest.raises(ConfigError, match="latents='mean' is for a tokenizer that samples .*discrete"):
         train_generator(_settings(tmp_path / "g2"), str(tok), generator_config("tiny"), latents="mean")
     with pytest.raises(ConfigError, match="latents must be one of sample, mean, got 'mode'"):
         train_generator(_settings(tmp_path / "g3"), str(tok), generator_config("tiny"), latents="mode")

@@ -6,7 +6,12 @@ which are dropped (as the official ``load_pretrain`` does). argen's
 :class:`~argen.tokenizers.binary.BinaryAutoEncoder` has the official key names, so the rest is a
 strict load.
 
+The LMs (``gpt/{L,XL,XXL,2B}-<token_each>-<code_dim>.pth``) are flat state dicts with
+:class:`~argen.generators.elm.ELM`'s key names; their size, split and depth are read off the file
+(:func:`elm_shape`), so ``load_elm(path)`` needs no arguments, and given ones are checked against it.
+
     bae = load_bae("bae_16/binaryae_ema.th", token_each=2)   # 16 bits read as 2 x 8-bit sub-tokens
+    lm = load_elm("gpt/L-2-8.pth")                            # ELM-L, 2 sub-tokens of 8 bits
 """
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ from typing import Any, Mapping
 
 import torch
 
-from argen.convert.checkpoint import Checkpoint, build_loaded, read_state_dict, source_name, unwrap
-from argen.errors import CheckpointError
+from argen.convert.checkpoint import Checkpoint, build_loaded, read_state_dict, select_weights, source_name, unwrap
+from argen.errors import CheckpointError, ConfigError
+from argen.generators.elm import ELM, ELMConfig
+from argen.generators.elm import PRESETS as ELM_PRESETS
 from argen.modeling import build_config
 from argen.tokenizers.binary import BinaryAEConfig, BinaryAutoEncoder
 
@@ -73,3 +80,64 @@ def load_bae(
         if not hint:
             raise
         raise CheckpointError(f"{exc}{hint}") from None
+
+
+def parse_release(name: str) -> dict[str, Any]:
+    """A release name ``<size>-<token_each>-<code_dim>`` ("L-2-12", "XXL-1-16", "2B-2-12") -> config arguments."""
+    parts = name.upper().removeprefix("ELM-").split("-")
+    if len(parts) != 3 or parts[0] not in ELM_PRESETS or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ConfigError(f"an ELM release is named <size>-<token_each>-<code_dim> with size in "
+                          f"{', '.join(ELM_PRESETS)} (e.g. L-2-12), got {name!r}")
+    return {"preset": parts[0], "token_each": int(parts[1]), "code_dim": int(parts[2])}
+
+
+def elm_shape(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What an ELM state dict's shapes say: dim, depth, heads (from the released sizes' head width),
+    token_each, code_dim and the number of classes."""
+    split = "tok_embedder.0.weight" in state
+    emb = state.get("tok_embedder.0.weight" if split else "tok_embedder.weight")
+    if emb is None or "cls_embedding.embedding_table.weight" not in state:
+        raise CheckpointError("not an ELM LM state dict: no tok_embedder / cls_embedding weights "
+                              f"(keys start: {', '.join(list(state)[:4])})")
+    rows, dim = emb.shape
+    code_dim = int(rows).bit_length() - 1
+    if 2**code_dim != rows:
+        raise CheckpointError(f"an ELM sub-vocabulary has 2 ** code_dim rows, this one {rows}")
+    token_each = sum(1 for k in state if k.startswith("tok_embedder.")) if split else 1
+    n_layer = len({k.split(".")[1] for k in state if k.startswith("layers.")})
+    heads = {p["dim"]: p["n_head"] for p in ELM_PRESETS.values()}
+    shape = {"dim": int(dim), "n_layer": n_layer, "token_each": token_each, "code_dim": code_dim,
+             "num_classes": int(state["cls_embedding.embedding_table.weight"].shape[0]) - 1}
+    if dim in heads:
+        shape["n_head"] = heads[dim]
+    return shape
+
+
+def load_elm(
+    checkpoint: Checkpoint,
+    release: str | None = None,
+    *,
+    weights: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    **model_args: Any,
+) -> ELM:
+    """An official ELM LM (``gpt/L-2-12.pth``, or its state dict) -> :class:`ELM`, strictly, in eval mode.
+    The architecture is read off the file; ``release`` ("L-2-12") and ``model_args`` (official
+    ``ModelArgs`` names) are checked against it, which names a file that is not the release asked for.
+    ``weights``: a training checkpoint's "ema" or "raw" ``["model"]`` (the releases are flat)."""
+    source = source_name(checkpoint)
+    state = select_weights(read_state_dict(checkpoint), weights, auto="raw", ema_key="ema", source=source)
+    state = {k: v for k, v in state.items() if k != "freqs_cis"}
+    found = elm_shape(state)
+    asked = {**(parse_release(release) if release else {}), **model_args}
+    preset = asked.pop("preset", None)
+    expected = {**(ELM_PRESETS[preset] if preset else {}), **asked}
+    wrong = {k: (v, found[k]) for k, v in expected.items() if k in found and found[k] != v}
+    if wrong:
+        what = ", ".join(f"{k}={v} (the file has {f})" for k, (v, f) in wrong.items())
+        raise CheckpointError(f"{source} is not the ELM asked for: {what}")
+    if "n_head" not in found and "n_head" not in expected:
+        raise ConfigError(f"{source}: dim {found['dim']} is none of the released sizes; pass n_head=")
+    config = ELMConfig(**{**found, **expected})
+    return build_loaded(ELM, config, state, source=source, device=device, dtype=dtype)

@@ -75,16 +75,16 @@ def flat_codes(model: Any, tokenizer: Any, images: torch.Tensor, sample: bool) -
 
 
 def decode_token_grid(generator: Any, tokenizer: Any, codes: torch.Tensor) -> torch.Tensor:
-    """Codes (B, N) in raster order -> images, through the generator's token grid."""
-    return tokenizer.decode(codes.view(-1, *generator.token_grid))
+    """Codes (B, N, *token_shape) in raster order -> images, through the generator's token grid."""
+    return tokenizer.decode(codes.view(-1, *generator.token_grid, *codes.shape[2:]))
 
 
 def token_preview(pipe: Any, codes: torch.Tensor) -> torch.Tensor:
-    """The first tokens (B, n) of a raster as images: the missing ones repeat the last token (fewer
-    artefacts than code 0) and are greyed out."""
+    """The first tokens (B, n, *token_shape) of a raster as images: the missing ones repeat the last token
+    (fewer artefacts than code 0) and are greyed out."""
     h, w = pipe.generator.token_grid
-    b, done = codes.shape
-    full = codes.new_zeros(b, h * w)
+    b, done = codes.shape[:2]
+    full = codes.new_zeros(b, h * w, *codes.shape[2:])
     full[:, :done] = codes
     if 0 < done < h * w:
         full[:, done:] = codes[:, done - 1 : done]

@@ -97,19 +97,20 @@ def train_generator(
 ) -> Path:
     """Train a generator on the codes of the (frozen) tokenizer in ``tokenizer_dir`` (an argen tokenizer
     folder; for MAR and FlowAR also a diffusers AutoencoderKL folder or hub id); write the pipeline
-    folder to ``settings.out`` and return it. ``latents`` (continuous tokenizers): train on posterior
-    ``"sample"``s (as the official MAR and FlowAR) or the posterior ``"mean"`` (noise-free targets and
-    context: a small model does not spend capacity on the VAE's posterior noise). ``init_from``: start
+    folder to ``settings.out`` and return it. ``latents`` (tokenizers that sample): train on posterior
+    ``"sample"``s (as the official MAR and FlowAR; ELM's Bernoulli bits) or the posterior ``"mean"``
+    (noise-free targets and context: a small model does not spend capacity on the VAE's posterior noise;
+    a BAE's bits thresholded at 0.5). ``init_from``: start
     from the generator weights of a pretrained folder (fine-tuning, or a longer schedule for a finished
     model); ``settings.resume`` still wins, its checkpoint replaces them."""
     out = Path(settings.out)
     if latents not in LATENT_MODES:
         raise ConfigError(f"latents must be one of {', '.join(LATENT_MODES)}, got {latents!r}")
     tok = load_tokenizer(tokenizer_dir)
-    continuous = getattr(tok, "kind", None) == "continuous"
-    if latents != "sample" and not continuous:
-        raise ConfigError(f"latents={latents!r} is for a continuous (KL VAE) tokenizer; {tokenizer_dir} holds "
-                          f"a discrete {tok.registry_name!r}")
+    sampled = getattr(tok, "kind", None) in ("continuous", "bits")
+    if latents != "sample" and not sampled:
+        raise ConfigError(f"latents={latents!r} is for a tokenizer that samples (a KL VAE, a binary autoencoder); "
+                          f"{tokenizer_dir} holds a discrete {tok.registry_name!r}")
     fam = training_family(tok, family, tokenizer_dir)
     check_stride(settings.resolution, tok.downsample)
     acc = make_accelerator(settings)
@@ -125,7 +126,7 @@ def train_generator(
     meta = {"kind": "generator", "config": asdict(model.config), "resolution": settings.resolution,
             "data": settings.data, "augment": settings.augment,
             "tokenizer": str(Path(tokenizer_dir).resolve()) if Path(tokenizer_dir).exists() else str(tokenizer_dir)}
-    if continuous:
+    if sampled:
         meta["latents"] = latents
     prior = prior_train_time(out, settings.resume)
     start = (load_checkpoint(out, {"generator": model, "ema": ema.shadow}, {"generator": opt}, meta)
