@@ -247,8 +247,22 @@ def _tiny_igpt():
     return gen, tok, {"cfg_scale": 1.5, "top_k": 4}
 
 
+def tiny_elm():
+    """ELM's tiny fixtures as a pair: the LM (2 sub-tokens of 4 bits, 4x4 positions) and the 8-bit BAE (32 px)."""
+    from argen.convert.elm import load_bae, load_elm
+
+    gen = load_elm(fixture_weights("elm_lm_tiny"), n_head=4, block_size=16)
+    cfg = fixture_config("elm_bae_tiny")
+    bae_args = {k: cfg[k] for k in ("img_size", "nf", "ch_mult", "res_blocks", "attn_resolutions", "emb_dim")}
+    return gen, load_bae(fixture_weights("elm_bae_tiny"), token_each=2, **bae_args)
+
+
+def _tiny_elm():
+    return (*tiny_elm(), {"cfg_scale": 2.0, "cfg_schedule": "linear", "top_k": 4})
+
+
 TINY_PIPELINES = {"llamagen": _tiny_llamagen, "var": _tiny_var, "mar": _tiny_mar, "flowar": _tiny_flowar,
-                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var, "igpt": _tiny_igpt}
+                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var, "igpt": _tiny_igpt, "elm": _tiny_elm}
 
 
 def tiny_family_pipe(family: str):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_io, fixture_weights
+from conftest import fixture_io, fixture_weights, tiny_elm
 from PIL import Image
 
 import argen
 from argen import ARPipeline
 from argen.cli import main
-from argen.convert.elm import load_bae, load_elm, parse_release
+from argen.convert.elm import load_elm, parse_release
 from argen.errors import CheckpointError, ConfigError
 from argen.generators.elm import ELM
 from argen.zoo import OFFICIAL
@@ -22,15 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LM = fixture_io("elm_lm_tiny")
 
 
-def tiny_pair() -> tuple[ELM, object]:
-    gen = load_elm(fixture_weights("elm_lm_tiny"), n_head=4, block_size=16)
-    return gen, load_bae(fixture_weights("elm_bae_tiny"), token_each=2, img_size=32, nf=32, ch_mult=[1, 1, 1, 2],
-                         res_blocks=1, attn_resolutions=[4], emb_dim=32)
-
-
 def test_the_pipeline_gives_the_official_sampler_images(tmp_path):
     """sample.py's sample_func_autoregressive (cfg 2, top-k 1, its labels) -> ids, bits, the decoded images."""
-    gen, tok = tiny_pair()
+    gen, tok = tiny_elm()
     pipe = ARPipeline(gen, tok, image_size=32)
     labels = LM["pipeline.labels"].tolist()
     codes = pipe.generate(labels, seed=0, cfg_scale=2.0, top_k=1, output_type="codes")
@@ -47,7 +41,7 @@ def test_the_pipeline_gives_the_official_sampler_images(tmp_path):
 
 
 def test_a_bae_that_does_not_fit_the_lm_is_refused():
-    gen, tok = tiny_pair()
+    gen, tok = tiny_elm()
     with pytest.raises(ConfigError, match=r"4 bits per position, this ELM reads token_each x code_dim = 2 x 4 = 8"):
         gen.bind_tokenizer(_bae_with_bits(4))
     with pytest.raises(ConfigError, match="splits its 8 bits into 1 sub-tokens, this ELM reads 2 of 4 bits"):
