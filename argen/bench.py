@@ -45,7 +45,7 @@ def _mean_committed(stats) -> float:
     hist = stats.accept_histogram
     if hist and sum(hist):
         return sum(k * c for k, c in enumerate(hist)) / sum(hist)
-    return 1.0
+    return stats.tokens_per_pass  # samplers that fix several tokens per pass without drafts (mask, MAR)
 
 
 def run_bench(

@@ -362,11 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per class (an unconditional model such as image-GPT: images)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sampler", help="ar (plain, token- or scale-wise), sjd (speculative Jacobi, token-wise), cspd "
-                                     "(continuous speculative decoding with --draft, MAR) or dd (distilled students); "
-                                     "default: the first that drives the model (ar; dd)")
+                                     "(continuous speculative decoding with --draft, MAR), dd (distilled students) "
+                                     "or mask (masked LMs: ELM's MLM); default: the first that drives the model "
+                                     "(ar; dd; mask)")
     g.add_argument("--window", type=int, help="sjd: tokens per forward pass (default 16)")
     g.add_argument("--init", help="sjd: draft init, repeat-left (default), repeat-above or random")
-    g.add_argument("--num-iter", type=int, help="MAR: masked-generation iterations (transformer passes)")
+    g.add_argument("--num-iter", type=int, help="MAR, mask: masked-generation iterations (transformer passes)")
     g.add_argument("--diffusion-steps", type=int, help="MAR: diffusion-head reverse steps per token")
     g.add_argument("--order", choices=MAR_ORDERS, help="MAR: token generation order (official: random)")
     g.add_argument("--num-steps", type=int, help="FlowAR: flow steps per scale (official count: 25 = 24 Euler steps)")

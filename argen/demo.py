@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 MODEL_DEFAULT = "model default"  # the cfg schedule choice that keeps the model's own convention
 MAX_IMAGES = 16
 SCHEDULES = {"token": list(CFG_SCHEDULES), "scale": ["constant", "linear", "var"],
-             "continuous": ["constant", "linear"], "flow-scale": ["constant", "linear"]}
+             "continuous": ["constant", "linear"], "flow-scale": ["constant", "linear"],
+             "masked": [s for s in CFG_SCHEDULES if s != "var"]}
 # which sampling controls each generator kind takes (others are ignored, not passed on)
 KIND_OPTIONS = {
     "token": ("top_k", "top_p", "temperature"),
@@ -41,6 +42,7 @@ KIND_OPTIONS = {
     "continuous": ("temperature", "num_iter", "diffusion_steps"),
     "flow-scale": ("num_steps",),
     "distilled": ("steps",),
+    "masked": ("top_k", "top_p", "temperature", "num_iter"),
 }
 # the kinds with a steps control: the option it sets, its label and its minimum (FlowAR: flow steps per
 # scale; a distilled student: its passes, 1 or 2 at the released restart points)
@@ -325,7 +327,8 @@ def build_demo(
                                              label="CSpD draft model", **init["draft"])
                     c["gamma"] = gr.Number(4, precision=0, minimum=1, label="CSpD draft steps per verification",
                                            **init["gamma"])
-                    c["num_iter"] = gr.Number(precision=0, minimum=1, label="MAR iterations", **init["num_iter"])
+                    c["num_iter"] = gr.Number(precision=0, minimum=1, label="iterations (MAR, masked LM)",
+                                              **init["num_iter"])
                     c["diffusion_steps"] = gr.Number(precision=0, minimum=1, label="MAR diffusion steps",
                                                      **init["diffusion_steps"])
                     c["num_steps"] = gr.Number(precision=0, **init["num_steps"])

@@ -14,6 +14,7 @@ import torch
 from argen.errors import ConfigError, UnknownModelError
 from argen.families import get_family
 from argen.families.elm import ELM_FID
+from argen.families.elm_mlm import ELM_MLM_SAMPLING
 from argen.families.igpt import IGPT_DEFAULTS
 from argen.families.mar import MAR_EVAL
 from argen.hub import resolve_file
@@ -193,6 +194,23 @@ def _elm(release: str, params: str) -> ZooEntry:
     )
 
 
+def _elm_mlm(size: str, params: str) -> ZooEntry:
+    """An ELM masked LM (``gpt/mlm<size>-1-16.pth``, one 16-bit sub-token per position) with the 16-bit BAE;
+    built without the unused heads, which the released files' sizes say they lack (:mod:`argen.families.elm_mlm`)."""
+    return ZooEntry(
+        name=f"elm-mlm-{size.lower()}-1-16",
+        family="elm-mlm",
+        description=f"ELM-{size} masked LM, ImageNet 256px class-to-image, 16-bit BAE tokens, MaskGIT-style "
+                    "decoding (mask sampler); a strict load of the released file is unverified",
+        image_size=256,
+        repo_id=ELM_REPO,
+        files={"generator": f"gpt/mlm{size}-1-16.pth", "tokenizer": "bae/bae_16/binaryae_ema.th"},
+        generator_args={"preset": size, "keep_unused": False},
+        defaults=dict(ELM_MLM_SAMPLING),
+        params=params,
+    )
+
+
 OFFICIAL: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -234,6 +252,9 @@ OFFICIAL: dict[str, ZooEntry] = {
         _elm("XXL-2-10", "1.4B"),
         _elm("XXL-2-12", "1.4B"),
         _elm("2B-2-12", "1.9B"),
+        _elm_mlm("L", "445M"),
+        _elm_mlm("XL", "903M"),
+        _elm_mlm("XXL", "1.6B"),
     ]
 }
 # the tokenizer alone (for encode/decode), listed so users can fetch it by name

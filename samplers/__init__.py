@@ -41,6 +41,8 @@ class SamplerSpec:
     # options that name a second model the sampler works with (cspd's draft), and whether it needs one
     model_options: tuple[str, ...] = ()
     needs_model: bool = False
+    # what a model of a listed kind must also offer: model -> None, or why this sampler cannot drive it
+    refuses: Callable[[Any], str | None] | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -62,6 +64,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
         {"token": sample_flow_tokens, "scale": sample_flow_scales},
         "the noise -> token flow of distilled decoding: deterministic given the noise, same distribution as ar",
         row_streams=frozenset({"token", "scale"}),
+        refuses=lambda m: ("it flows to one code vector per position, and this model's positions hold "
+                           f"{m.token_shape[0]} sub-tokens") if getattr(m, "token_shape", ()) else None,
     ),
     "cspd": SamplerSpec(
         {"continuous": sample_cspd},
@@ -117,7 +121,7 @@ def takes_row_streams(sampler: str, model: Generator) -> bool:
 def samplers_for(model: Generator) -> list[str]:
     """Names of the samplers that can drive ``model``."""
     kind = generator_kind(model)
-    return [n for n, s in SAMPLERS.items() if kind in s.kinds]
+    return [n for n, s in SAMPLERS.items() if kind in s.kinds and not (s.refuses and s.refuses(model))]
 
 
 def default_sampler(model: Generator) -> str:
@@ -165,6 +169,10 @@ def sample(
             f"sampler {sampler!r} cannot drive a {kind!r} model; "
             f"samplers for it: {', '.join(samplers_for(model)) or 'none'}"
         )
+    why = spec.refuses(model) if spec.refuses else None
+    if why:
+        raise ConfigError(f"sampler {sampler!r} cannot drive {type(model).__name__}: {why}; samplers for it: "
+                          f"{', '.join(samplers_for(model))}")
     fn = spec.fns[kind]
     valid = (set(inspect.signature(fn).parameters) - {"model", "cond", "opts", "rng"}) | _COMMON
     unknown = sorted(set(sampler_options) - valid)

@@ -261,8 +261,19 @@ def _tiny_elm():
     return (*tiny_elm(), {"cfg_scale": 2.0, "cfg_schedule": "linear", "top_k": 4})
 
 
+def _tiny_elm_mlm():
+    """A random tiny ELM MLM (one 8-bit sub-token per position, 4x4) on the tiny 8-bit BAE read 1 x 8."""
+    from argen.generators.elm_mlm import ElmMLM, ElmMLMConfig
+
+    gen = ElmMLM(ElmMLMConfig(dim=32, n_layer=2, n_head=2, multiple_of=32, num_classes=10, token_each=1, code_dim=8,
+                              block_size=16, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
+    gen.init_weights()
+    return gen, tiny_elm()[1].with_token_each(1), {"cfg_scale": 2.0, "cfg_schedule": "linear", "num_iter": 4}
+
+
 TINY_PIPELINES = {"llamagen": _tiny_llamagen, "var": _tiny_var, "mar": _tiny_mar, "flowar": _tiny_flowar,
-                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var, "igpt": _tiny_igpt, "elm": _tiny_elm}
+                  "dd-llamagen": _tiny_dd_llamagen, "dd-var": _tiny_dd_var, "igpt": _tiny_igpt, "elm": _tiny_elm,
+                  "elm-mlm": _tiny_elm_mlm}
 
 
 def tiny_family_pipe(family: str):

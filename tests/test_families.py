@@ -117,7 +117,8 @@ def _subcommands(parser, *path):
 
 
 def test_a_registered_family_is_listed_and_goes_away(toy):
-    assert [f.name for f in families()] == ["llamagen", "var", "mar", "flowar", "dd-llamagen", "dd-var", "igpt", "toy"]
+    assert [f.name for f in families()] == ["llamagen", "var", "mar", "flowar", "dd-llamagen", "dd-var", "igpt", "elm",
+                                                 "elm-mlm", "toy"]
     assert get_family("toy") is toy and toy.kind == "token" and toy.config_class is LlamaGenConfig
     parser = build_parser()
     assert "toy" in next(a for a in _subcommands(parser, "convert")._actions if a.dest == "family").choices

@@ -66,7 +66,7 @@ LATENT_MODES = ("sample", "mean")
 # what `argen train tokenizer --kind` makes, for each kind of tokenizer a family models
 TOKENIZER_NEEDS = {"discrete": ("a VQ", "vq"), "multiscale": ("a multi-scale VQ", "multiscale"),
                    "continuous": ("a continuous (KL VAE or diffusers AutoencoderKL)", "kl"),
-                   "pixels": ("a colour-palette", "palette")}
+                   "pixels": ("a colour-palette", "palette"), "bits": ("a binary-autoencoder", "binary")}
 
 
 def training_family(tokenizer: Any, family: str | None, source: str) -> Family:
