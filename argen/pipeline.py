@@ -196,7 +196,8 @@ class ARPipeline:
         """Generate one image per entry of ``classes`` (an unconditional model: ``num_images``). Sampling
         options (cfg_scale, cfg_interval,
         temperature, top_k, top_p, greedy, sampler-specific ones) default to the model's card; ``sampler``
-        to the first that drives the model (:func:`argen.samplers.default_sampler`: ``ar``; ``dd`` for a student, ``mask`` for a masked LM).
+        to the first that drives the model (:func:`argen.samplers.default_sampler`: ``ar``; ``dd`` for a student,
+        ``mask`` for a masked LM).
         ``output_type`` 'pil' (list of images), 'pt' (tensor in [-1, 1]) or 'codes'. The request runs in
         batches of ``batch_size`` (default :func:`default_batch_size` of the device); ``progress``,
         ``first_index`` and how seeds and batch sizes relate: see :meth:`generate_batches`, which
