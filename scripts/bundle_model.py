@@ -48,6 +48,13 @@ def describe(pipe) -> str:
                 f"width {c.n_embd}, {c.n_head} heads) over the {g[0] * g[1]} pixels of {pipe.image_size}x"
                 f"{pipe.image_size} images in raster order, each pixel the id of its nearest colour in a "
                 f"{tok.codebook_size}-colour palette fitted by k-means on {data}.")
+    if gen.registry_name == "elm":
+        c = gen.config
+        return (f"An ELM-style class-conditional LM ({n_gen / 1e6:.2f}M parameters, {c.n_layer} layers, width {c.dim}) "
+                f"over the bits of a binary autoencoder ({n_tok / 1e6:.2f}M parameters, downsample {tok.downsample}, "
+                f"{tok.bits} Bernoulli bits per cell; {pipe.image_size}x{pipe.image_size} images -> {g[0]}x{g[1]} "
+                f"positions), each position's bits read as {c.token_each} sub-tokens of {c.code_dim} bits predicted "
+                f"by {c.token_each} heads from one hidden state, both trained from scratch on {data}.")
     encoder = (" with a patch-local encoder (each token sees only its own pixels, so a flat colour has one code)"
                if tok.config.encoder_type == "patch" else "")
     return (f"A LlamaGen-style class-conditional GPT ({n_gen / 1e6:.2f}M parameters, {gen.config.n_layer} layers, "

@@ -4,7 +4,7 @@ in :mod:`argen.generators.elm`, the BAE in :mod:`argen.tokenizers.binary`, the r
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,12 +24,22 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_official(paths: dict[str, Any], generator_args: dict[str, Any], tokenizer_args: dict[str, Any],
-                  device, dtype) -> tuple[ELM, BinaryAutoEncoder]:
-    """The LM, then its BAE read with the LM's split (bits = token_each x code_dim, checked on binding)."""
-    gen = load_elm(paths["generator"], **generator_args, device=device, dtype=dtype)
-    tok = load_bae(paths["tokenizer"], token_each=gen.config.token_each, **tokenizer_args, device=device)
-    return gen, tok
+def paired_with_bae(load_lm: Callable[..., Any]) -> Callable[..., tuple[Any, BinaryAutoEncoder]]:
+    """A ``load_official`` for an ELM LM (AR or masked): the LM, then its BAE read with the LM's split
+    (bits = token_each x code_dim, checked on binding)."""
+
+    def load(paths: dict[str, Any], generator_args: dict[str, Any], tokenizer_args: dict[str, Any],
+             device, dtype) -> tuple[Any, BinaryAutoEncoder]:
+        gen = load_lm(paths["generator"], **generator_args, device=device, dtype=dtype)
+        return gen, load_bae(paths["tokenizer"], token_each=gen.config.token_each, **tokenizer_args, device=device)
+
+    return load
+
+
+def random_bae(config: Any, tokenizer_args: dict[str, Any]) -> BinaryAutoEncoder:
+    """A randomly initialised BAE of the released shape with the bits and split an LM's ``config`` reads."""
+    return BinaryAutoEncoder(BinaryAEConfig(**{"codebook_size": config.token_each * config.code_dim,
+                                               "token_each": config.token_each, **tokenizer_args}))
 
 
 def random_weights(generator_args: dict[str, Any], tokenizer_args: dict[str, Any]) -> tuple[ELM, BinaryAutoEncoder]:
@@ -42,8 +52,7 @@ def random_weights(generator_args: dict[str, Any], tokenizer_args: dict[str, Any
     for out in gen.output.modules():
         if isinstance(out, torch.nn.Linear):
             torch.nn.init.normal_(out.weight, std=0.02)
-    c = gen.config
-    tok = BinaryAutoEncoder(BinaryAEConfig(**{"codebook_size": c.bits, "token_each": c.token_each, **tokenizer_args}))
+    tok = random_bae(gen.config, tokenizer_args)
     return gen.bind_tokenizer(tok), tok
 
 
@@ -96,7 +105,7 @@ FAMILY = Family(
     generator_class=ELM,
     tokenizer_kind="bits",
     description="ELM: AR LM over a binary autoencoder's bits, split into sub-tokens (xuantonglll/ELM)",
-    load_official=load_official,
+    load_official=paired_with_bae(load_elm),
     random_weights=random_weights,
     convert_args=CONVERT_ARGS,
     convert=convert,

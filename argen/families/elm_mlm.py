@@ -21,11 +21,11 @@ from argen.convert.checkpoint import read_state_dict, select_weights, source_nam
 from argen.convert.elm import load_bae
 from argen.convert.elm_mlm import load_elm_mlm
 from argen.errors import CheckpointError, ConfigError
-from argen.families.elm import bit_codes, derive_config
+from argen.families.elm import bit_codes, derive_config, paired_with_bae, random_bae
 from argen.families.registry import Family, arg, model_loss, official_args, official_values
 from argen.generators.elm_mlm import PRESETS, ElmMLM, ElmMLMConfig
 from argen.samplers.logits import CFG_SCHEDULES
-from argen.tokenizers.binary import BinaryAEConfig, BinaryAutoEncoder
+from argen.tokenizers.binary import BinaryAutoEncoder
 
 # The MLM's sampling. From the official code: 10 passes (generate_cfg's num_iter and sample_fid.py's
 # --gen_iter_num default), samples from the plain guided distribution (temperature 1, no top-k / top-p: the
@@ -54,24 +54,13 @@ def check_bae(generator: ElmMLM, tok: Any) -> None:
                           f"it with a {c.token_each * c.code_dim}-bit BAE split {c.token_each} ways")
 
 
-def load_official(paths: dict[str, Any], generator_args: dict[str, Any], tokenizer_args: dict[str, Any],
-                  device, dtype) -> tuple[ElmMLM, BinaryAutoEncoder]:
-    """The MLM, then its BAE read with the MLM's split."""
-    gen = load_elm_mlm(paths["generator"], **generator_args, device=device, dtype=dtype)
-    tok = load_bae(paths["tokenizer"], token_each=gen.config.token_each, **tokenizer_args, device=device)
-    return gen, tok
-
-
 def random_weights(generator_args: dict[str, Any], tokenizer_args: dict[str, Any]) -> tuple[ElmMLM, BinaryAutoEncoder]:
     """The release's architecture with the official init (N(0, 0.02); the mlm_layer head reads the random word
     embeddings, so the logits are not flat), and a randomly initialised BAE of the released shape and bits."""
     args = dict(generator_args)
     gen = ElmMLM(ElmMLMConfig.preset(args.pop("preset", None), **args))
     gen.init_weights()
-    c = gen.config
-    tok = BinaryAutoEncoder(BinaryAEConfig(**{"codebook_size": c.token_each * c.code_dim, "token_each": c.token_each,
-                                              **tokenizer_args}))
-    return gen, tok
+    return gen, random_bae(gen.config, tokenizer_args)
 
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
@@ -176,7 +165,7 @@ FAMILY = Family(
     tokenizer_kind="bits",
     description="ELM masked LM: bidirectional LM over a binary autoencoder's bits, MaskGIT-style decoding "
                 "(xuantonglll/ELM mlm*-1-16)",
-    load_official=load_official,
+    load_official=paired_with_bae(load_elm_mlm),
     random_weights=random_weights,
     convert_args=CONVERT_ARGS,
     convert=convert,

@@ -33,9 +33,10 @@ from torch import nn
 
 from argen.errors import ConfigError
 from argen.generators.condition import check_class_ids
-from argen.generators.llamagen import Attention, LabelEmbedding, TransformerBlock
+from argen.generators.elm import ELMConfig
+from argen.generators.llamagen import LabelEmbedding, TransformerBlock
 from argen.modeling import Pretrained, build_config, register
-from argen.nn import RMSNorm, apply_rope, attention, rope_2d_table
+from argen.nn import RMSNorm, rope_2d_table
 
 # the released MLMs (gpt/mlm{L,XL,XXL}-1-16.pth): one 16-bit sub-token per position
 PRESETS: dict[str, dict[str, int]] = {
@@ -46,90 +47,29 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @dataclass
-class ElmMLMConfig:
-    """The official ``ModelArgs`` names and defaults that matter (rope2d positions, one class token);
-    ``smoothing`` and ``gen_iter`` drive the training loss and its masks, ``keep_unused`` the layout."""
+class ElmMLMConfig(ELMConfig):
+    """The AR model's ``ModelArgs`` (:class:`ELMConfig`) and three of the masked LM's own: ``smoothing`` and
+    ``gen_iter`` drive the training loss and its masks, ``keep_unused`` the layout."""
 
-    dim: int = 4096
-    n_layer: int = 32
-    n_head: int = 32
-    n_kv_head: int | None = None
-    multiple_of: int = 256
-    ffn_dim_multiplier: float | None = None
-    rope_base: float = 10000
-    norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    token_dropout_p: float = 0.1
-    attn_dropout_p: float = 0.0
-    resid_dropout_p: float = 0.1
-    ffn_dropout_p: float = 0.1
-    drop_path_rate: float = 0.0
-    num_classes: int = 1000
-    class_dropout_prob: float = 0.1
     token_each: int = 4
-    code_dim: int = 16
-    block_size: int = 256
     smoothing: float = 0.1  # label smoothing of the training cross-entropy
     gen_iter: int = 10  # training masks: floor(N cos(pi/2 k / gen_iter)) positions, k uniform in [0, gen_iter)
     keep_unused: bool = True  # build the unused pos_embed / proj / output as the published class does
 
     def __post_init__(self) -> None:
-        kv = self.n_kv_head or self.n_head
-        checks = [
-            (self.dim % self.n_head == 0, f"dim {self.dim} is not divisible by n_head {self.n_head}"),
-            (self.n_head % kv == 0, f"n_head {self.n_head} is not a multiple of n_kv_head {kv}"),
-            ((self.dim // self.n_head) % 4 == 0, f"head_dim {self.dim // self.n_head} must be a multiple of 4 "
-                                                 "for 2D RoPE"),
-            (math.isqrt(self.block_size) ** 2 == self.block_size,
-             f"block_size {self.block_size} is not a square number of positions"),
-            (self.token_each >= 1 and self.code_dim >= 1, "token_each and code_dim must be positive"),
-            (self.gen_iter >= 1, f"gen_iter must be positive, got {self.gen_iter}"),
-            (0.0 <= self.smoothing < 1.0, f"smoothing must lie in [0, 1), got {self.smoothing}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        super().__post_init__()
+        if self.gen_iter < 1:
+            raise ConfigError(f"gen_iter must be positive, got {self.gen_iter}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ConfigError(f"smoothing must lie in [0, 1), got {self.smoothing}")
 
     @classmethod
     def preset(cls, name: str | None, **overrides: Any) -> "ElmMLMConfig":
         return build_config(cls, PRESETS, name, overrides, "ELM MLM")
 
     @property
-    def head_dim(self) -> int:  # what LlamaGen's blocks read
-        return self.dim // self.n_head
-
-    @property
-    def grid_size(self) -> int:
-        return math.isqrt(self.block_size)
-
-    @property
     def codebook_size(self) -> int:  # one sub-token's vocabulary (the mask token not counted)
         return 2**self.code_dim
-
-
-class BidirectionalAttention(Attention):
-    """LlamaGen's attention (same keys, same RoPE) in which every element sees the whole sequence."""
-
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: Any = None, layer: int = 0,
-                window: Any = None) -> torch.Tensor:
-        if cache is not None:
-            raise ConfigError("the masked LM has no KV cache: every pass sees the whole sequence")
-        b, t, _ = x.shape
-        nq, nkv = self.n_head, self.n_kv_head
-        qkv = self.wqkv(x).view(b, t, nq + 2 * nkv, self.head_dim)
-        qk = apply_rope(qkv[:, :, : nq + nkv], rope)
-        q, k = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2)
-        v = qkv[:, :, nq + nkv :].transpose(1, 2)
-        out = attention(q, k, v, dropout_p=self.attn_dropout_p if self.training else 0.0)
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, -1)))
-
-
-class BidirectionalBlock(TransformerBlock):
-    """LlamaGen's block with :class:`BidirectionalAttention`."""
-
-    def __init__(self, cfg: ElmMLMConfig, drop_path: float) -> None:
-        super().__init__(cfg, drop_path)  # type: ignore[arg-type]  # the fields LlamaGen's blocks read
-        self.attention = BidirectionalAttention(cfg)  # type: ignore[arg-type]
 
 
 class MlmLayer(nn.Module):
@@ -165,7 +105,7 @@ class ElmMLM(Pretrained):
         if c.keep_unused:
             self.pos_embed = nn.Embedding(c.block_size, dim)
         rates = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
-        self.layers = nn.ModuleList(BidirectionalBlock(c, r) for r in rates)
+        self.layers = nn.ModuleList(TransformerBlock(c, r, causal=False) for r in rates)
         if c.keep_unused and c.token_each > 1:
             self.proj = nn.Linear(c.token_each * dim, dim, bias=False)
         self.norm = RMSNorm(dim, eps=c.norm_eps)

@@ -147,8 +147,12 @@ class CaptionEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaGenConfig) -> None:
+    """Causal self-attention over the sequence (and the KV cache when one is given); ``causal=False``:
+    every element sees the whole sequence (ELM's masked LM)."""
+
+    def __init__(self, cfg: LlamaGenConfig, causal: bool = True) -> None:
         super().__init__()
+        self.causal = causal
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim
         self.wqkv = Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
         self.wo = Linear(cfg.dim, cfg.dim, bias=False)
@@ -164,7 +168,7 @@ class Attention(nn.Module):
         q, k = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2)
         v = qkv[:, :, nq + nkv :].transpose(1, 2)
         if cache is None:
-            out = attention(q, k, v, causal=True, dropout_p=self.attn_dropout_p if self.training else 0.0)
+            out = attention(q, k, v, causal=self.causal, dropout_p=self.attn_dropout_p if self.training else 0.0)
         else:
             k, v = cache.update(layer, k, v, window)
             out = attention(q, k, v, mask=window.mask, causal=window.causal)
@@ -172,9 +176,9 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: LlamaGenConfig, drop_path: float) -> None:
+    def __init__(self, cfg: LlamaGenConfig, drop_path: float, causal: bool = True) -> None:
         super().__init__()
-        self.attention = Attention(cfg)
+        self.attention = Attention(cfg, causal)
         hidden = llama_ffn_hidden(cfg.dim, cfg.multiple_of, cfg.ffn_dim_multiplier)
         self.feed_forward = SwiGLU(cfg.dim, hidden, cfg.ffn_dropout_p)
         self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
