@@ -287,3 +287,23 @@ def tiny_family_pipe(family: str):
     torch.manual_seed(0)
     gen, tok, opts = TINY_PIPELINES[family]()
     return ARPipeline(gen.eval(), tok.eval(), defaults=opts, name=f"{family}-tiny"), opts
+
+
+def two_colour_bae(tmp_path: Path) -> tuple[Path, Path]:
+    """A 2-class folder of 16 px images and a 6-bit BAE (2 sub-tokens of 3 bits) trained on it through the CLI
+    -> (data folder, BAE folder): what an ELM-family training test starts from."""
+    import numpy as np
+    from PIL import Image
+
+    from argen.cli import main
+
+    data, bae = tmp_path / "data", tmp_path / "bae"
+    for c, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        (data / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            im = np.zeros((16, 16, 3), np.uint8)
+            im[: 6 + i] = colour
+            Image.fromarray(im).save(data / f"class{c}" / f"{i}.png")
+    assert main(["train", "tokenizer", "--kind", "binary", "--bits", "6", "--token-each", "2", "--data", str(data),
+                 "--resolution", "16", "--steps", "2", "--batch-size", "4", "--out", str(bae), "-q"]) == 0
+    return data, bae

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_elm, tiny_family_pipe
+from conftest import tiny_elm, tiny_family_pipe, two_colour_bae
 from PIL import Image
 
 import argen
@@ -168,16 +168,8 @@ def test_a_released_size_is_read_off_the_file():
 
 
 def test_train_an_mlm_on_a_binary_autoencoder_through_the_cli(tmp_path):
-    data = tmp_path / "data"
-    for c, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
-        (data / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            im = np.zeros((16, 16, 3), np.uint8)
-            im[: 6 + i] = colour
-            Image.fromarray(im).save(data / f"class{c}" / f"{i}.png")
-    bae, mlm = tmp_path / "bae", tmp_path / "mlm"
-    assert main(["train", "tokenizer", "--kind", "binary", "--bits", "6", "--token-each", "2", "--data", str(data),
-                 "--resolution", "16", "--steps", "2", "--batch-size", "4", "--out", str(bae), "-q"]) == 0
+    data, bae = two_colour_bae(tmp_path)
+    mlm = tmp_path / "mlm"
     assert main(["train", "generator", "--kind", "elm-mlm", "--tokenizer", str(bae), "--data", str(data),
                  "--resolution", "16", "--steps", "3", "--batch-size", "4", "--dropout", "0", "--sample-every", "3",
                  "--checkpoint-every", "3", "--out", str(mlm), "-q"]) == 0

@@ -3,10 +3,9 @@ the released files through load_elm / the zoo / `argen convert elm`, training th
 errors a user meets (a BAE of the wrong bit count or split, a file that is not the release asked for)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import fixture_io, fixture_weights, tiny_elm
+from conftest import fixture_io, fixture_weights, tiny_elm, two_colour_bae
 from PIL import Image
 
 import argen
@@ -106,16 +105,8 @@ def test_convert_then_generate_through_the_cli(tmp_path, capsys):
 
 
 def test_train_an_elm_on_a_binary_autoencoder_through_the_cli(tmp_path):
-    data = tmp_path / "data"
-    for c, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
-        (data / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            im = np.zeros((16, 16, 3), np.uint8)
-            im[: 6 + i] = colour
-            Image.fromarray(im).save(data / f"class{c}" / f"{i}.png")
-    bae, lm = tmp_path / "bae", tmp_path / "lm"
-    assert main(["train", "tokenizer", "--kind", "binary", "--bits", "6", "--token-each", "2", "--data", str(data),
-                 "--resolution", "16", "--steps", "2", "--batch-size", "4", "--out", str(bae), "-q"]) == 0
+    data, bae = two_colour_bae(tmp_path)
+    lm = tmp_path / "lm"
     assert main(["train", "generator", "--kind", "elm", "--tokenizer", str(bae), "--data", str(data),
                  "--resolution", "16", "--steps", "3", "--batch-size", "4", "--dropout", "0", "--sample-every", "3",
                  "--checkpoint-every", "3", "--out", str(lm), "-q"]) == 0
