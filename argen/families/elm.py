@@ -56,15 +56,20 @@ def random_weights(generator_args: dict[str, Any], tokenizer_args: dict[str, Any
     return gen.bind_tokenizer(tok), tok
 
 
+# what `argen convert elm` and `elm-mlm` share: the BAE's layout and custom sizes of both files
+PAIR_ARGS = (
+    arg("--no-norm-first", action="store_true", help="a BAE trained without norm_first (the releases use it)"),
+    *official_args("gpt", "ModelArgs"),
+    *official_args("bae", "BAE hyper-parameter"),
+)
+
 CONVERT_ARGS = (
     arg("--gpt-ckpt", required=True, help="the LM, e.g. gpt/L-2-12.pth of xuantonglll/ELM"),
     arg("--bae-ckpt", required=True, help="its binary autoencoder, e.g. bae/bae_24/binaryae_ema.th "
                                           "(bits = token_each x code_dim)"),
     arg("--release", help="check the LM is this release (<size>-<token_each>-<code_dim>, e.g. L-2-12); "
                           "default: read off the file"),
-    arg("--no-norm-first", action="store_true", help="a BAE trained without norm_first (the releases use it)"),
-    *official_args("gpt", "ModelArgs"),
-    *official_args("bae", "BAE hyper-parameter"),
+    *PAIR_ARGS,
     arg("--cfg", type=float, default=ELM_FID["cfg_scale"], help="default guidance written to the model"),
     arg("--cfg-schedule", default=ELM_FID["cfg_schedule"], choices=[s for s in CFG_SCHEDULES if s != "var"],
         help="default guidance ramp (sample_fid.sh: linear; inference.sh: constant)"),

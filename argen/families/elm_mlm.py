@@ -21,8 +21,8 @@ from argen.convert.checkpoint import read_state_dict, select_weights, source_nam
 from argen.convert.elm import load_bae
 from argen.convert.elm_mlm import load_elm_mlm
 from argen.errors import CheckpointError, ConfigError
-from argen.families.elm import bit_codes, derive_config, paired_with_bae, random_bae
-from argen.families.registry import Family, arg, model_loss, official_args, official_values
+from argen.families.elm import PAIR_ARGS, bit_codes, derive_config, paired_with_bae, random_bae
+from argen.families.registry import Family, arg, model_loss, official_values
 from argen.generators.elm_mlm import PRESETS, ElmMLM, ElmMLMConfig
 from argen.samplers.logits import CFG_SCHEDULES
 from argen.tokenizers.binary import BinaryAutoEncoder
@@ -103,9 +103,7 @@ CONVERT_ARGS = (
                                                 "code_dim), or give custom sizes with --gpt-arg / --gpt-config"),
     arg("--keep-unused", action="store_true", help="build and load strictly the published class's unused "
                                                     "pos_embed / proj / output weights too (default: ignored)"),
-    arg("--no-norm-first", action="store_true", help="a BAE trained without norm_first (the releases use it)"),
-    *official_args("gpt", "ModelArgs"),
-    *official_args("bae", "BAE hyper-parameter"),
+    *PAIR_ARGS,
     arg("--cfg", type=float, default=ELM_MLM_SAMPLING["cfg_scale"], help="default guidance written to the model"),
     arg("--cfg-schedule", default=ELM_MLM_SAMPLING["cfg_schedule"], choices=[s for s in CFG_SCHEDULES if s != "var"],
         help="default guidance ramp over the passes"),
