@@ -142,3 +142,24 @@ def test_bad_tokens_and_configs_are_one_line_errors(model):
         samplers.sample(model, [10], seed=0)
     with pytest.raises(ConfigError, match="cannot drive ELM: .* hold 2 sub-tokens; samplers for it: ar, sjd"):
         samplers.sample(model, [1], sampler="flow", seed=0)
+
+
+def test_elm_guidance_ramps_are_the_official_values_bitwise():
+    """generate_cfg's schedules at r = (step + 1) / steps (square_root: step / steps), numpy as the official."""
+    import numpy as np
+
+    cfg, steps = 4.0, 7
+    for step in range(steps):
+        r = (step + 1) / steps
+        official = {"constant": cfg, "linear": 1.0 + (cfg - 1.0) * r,
+                    "cos": 1.0 + (cfg - 1.0) * np.cos(-np.pi / 2 + r * (np.pi / 2)),
+                    "log": 1.0 + (cfg - 1.0) * np.log1p(r * (np.e - 1.0)) / np.log1p(np.e - 1.0),
+                    "square": 1.0 + (cfg - 1) * r**2, "square_root": 1.0 + (cfg - 1.0) * (step / steps) ** 0.5}
+        for name, want in official.items():
+            got = SamplingOptions(cfg, cfg_schedule=name, cfg_progress="elm").scale_at(step, steps)
+            assert got == float(want), (name, step, got, want)
+    # other models read the ramps from 1 at the first token to cfg at the last
+    span = [SamplingOptions(cfg, cfg_schedule="cos").scale_at(i, steps) for i in (0, steps - 1)]
+    assert span == pytest.approx([1.0, cfg], abs=1e-12)
+    with pytest.raises(ConfigError, match="cfg_progress must be one of span, elm"):
+        SamplingOptions(cfg, cfg_progress="steps")
