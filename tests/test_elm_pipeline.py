@@ -116,3 +116,15 @@ def test_train_an_elm_on_a_binary_autoencoder_through_the_cli(tmp_path):
     codes = pipe.generate(["class1"], seed=0, output_type="codes")
     assert codes.shape == (1, 16, 2) and int(codes.max()) < 8
     assert len(pipe.generate(["class0"], seed=0, sampler="sjd", window=4)) == 1
+
+
+def test_the_zoo_reads_local_release_files_and_names_a_file_of_another_size(tmp_path):
+    """argen.load("elm-l-2-12", checkpoint_dir=...) finds the release's files laid out as on the hub; a file that
+    is not ELM-L 2-12 is named, with what differs, before any BAE is built."""
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "bae" / "bae_24").mkdir(parents=True)
+    torch.save(fixture_weights("elm_lm_tiny"), tmp_path / "gpt" / "L-2-12.pth")
+    torch.save({f"ae.{k}": v for k, v in fixture_weights("elm_bae_tiny").items()},
+               tmp_path / "bae" / "bae_24" / "binaryae_ema.th")
+    with pytest.raises(CheckpointError, match=r"L-2-12.pth is not the ELM asked for: n_layer=24 \(the file has 2\)"):
+        argen.load("elm-l-2-12", checkpoint_dir=tmp_path)
