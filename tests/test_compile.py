@@ -160,3 +160,17 @@ def test_compiled_decoding_drives_a_pixel_model():
     eager, _ = S.sample(gen, [0, 0], greedy=True)
     compiled, st = S.sample(gen, [0, 0], greedy=True, compile=True)
     assert torch.equal(compiled, eager) and st.forward_passes == 16
+
+
+def test_compiled_decoding_drives_sub_token_heads():
+    """ELM's positions of 2 sub-tokens: compiled ar gives the official seeded ids, compiled sjd its eager ids."""
+    from conftest import fixture_io, tiny_elm
+
+    gen, _ = tiny_elm()
+    io = fixture_io("elm_lm_tiny")
+    opts = dict(cfg_scale=4.0, top_k=10)  # sample.py's defaults, the fixture's seed-0 run
+    compiled, _ = S.sample(gen, io["labels"], generator=torch.Generator().manual_seed(0), compile=True, **opts)
+    assert torch.equal(compiled, io["gen_sampled_seed0_sample_py_defaults.ids"])
+    runs = [S.sample(gen, io["labels"], sampler="sjd", window=4, generator=torch.Generator().manual_seed(1),
+                     compile=c, **opts)[0] for c in (True, False)]
+    assert torch.equal(*runs)
