@@ -143,12 +143,14 @@ def test_token_preview_greys_out_what_is_not_sampled(shapes):
     assert part.shape == (1, 3, 64, 64) and part[..., 24:, :].abs().max() == 0 and part[..., :24, :].abs().max() > 0
 
 
-@pytest.mark.parametrize("kind", ["var", "mar", "flowar"])
+@pytest.mark.parametrize("kind", ["var", "mar", "flowar", "elm"])
 def test_stream_previews_every_step_for_other_model_kinds(kind):
     pipe, opts = tiny_family_pipe(kind)
     events = list(generate_stream(pipe, [1, 2], seed=4, preview_every=1, **opts))
     previews, done = events[:-1], events[-1]
-    steps = len(pipe.tokenizer.patch_nums) if kind == "var" else opts.get("num_iter", 3)  # FlowAR: 3 scales
+    # VAR: one per scale; ELM: one per position (of 2 sub-tokens); MAR: per iteration; FlowAR: 3 scales
+    steps = {"var": len(getattr(pipe.tokenizer, "patch_nums", ())), "elm": pipe.generator.seq_len}.get(
+        kind, opts.get("num_iter", 3))
     assert isinstance(done, Finished) and len(previews) == steps and all(isinstance(p, Preview) for p in previews)
     assert all(im.size == done.images[0].size for p in previews for im in p.images)
     direct = pipe.generate([1, 2], seed=4, output_type="pt", **opts)
