@@ -332,6 +332,8 @@ BUNDLED: dict[str, BundledEntry] = {
         BundledEntry(name="shapes-pixel", folder="shapes-pixel", image_size=32, family="igpt",
                      description="bundled: image-GPT-style pixel GPT over a 16-colour palette trained on the shapes "
                                  "set, 32px, 10 classes"),
+        _shapes("elm", "ELM-style LM over a 16-bit binary autoencoder's bits as 2 sub-tokens, trained on the shapes "
+                "set"),
     ]
 }
 DEFAULT_MODEL = "shapes-llamagen"

@@ -91,6 +91,9 @@ def main() -> None:
             rec = tokenizer.decode(codes).clamp(-1, 1)
             acc = [(net(im).argmax(-1) == y).float().mean().item() for im in (x, rec)]
         grid = codes[-1] if isinstance(codes, (list, tuple)) else codes  # multi-scale: the finest scale
+        if grid.dim() == 4 and not grid.is_floating_point():  # a cell's sub-tokens (binary AE): one code
+            v = tokenizer.codebook_size
+            grid = (grid * v ** torch.arange(grid.shape[-1] - 1, -1, -1)).sum(-1)
         # code statistics for discrete tokenizers; a continuous one (KL VAE) has latents, not codes
         # (a pixel tokenizer, one code per pixel, has no patches to compare)
         per_pixel = grid.shape[-1] == x.shape[-1]

@@ -47,8 +47,9 @@ def test_argen_generate_without_arguments_writes_a_grid(tmp_path):
 
 # transformer passes: one per token (LlamaGen; MAR at its default num_iter 64), per scale
 # (VAR: 1, 2, 3, 4, 5, 6, 8; FlowAR: 1, 2, 4, 8); one for a distilled student (dd, its default: 1 step); one per
-# pixel (image-GPT, 32 x 32)
-PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64, "dd-llamagen": 1, "dd-var": 1, "igpt": 1024}
+# pixel (image-GPT, 32 x 32); one per position of 2 sub-tokens (ELM, 8 x 8)
+PASSES = {"llamagen": 64, "var": 7, "flowar": 4, "mar": 64, "dd-llamagen": 1, "dd-var": 1, "igpt": 1024,
+          "elm": 64}
 
 
 @pytest.mark.parametrize("name", list(BUNDLED))
