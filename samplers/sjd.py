@@ -151,7 +151,12 @@ def _next_samples(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, couple
     p_mid, q_mid, d_mid = p[:, 1:-1], q[:, 1:], drafts[:, 1:]
     p_d, q_d = joint_prob(p_mid, d_mid), joint_prob(q_mid, d_mid)
     keep = accept_mask(p_d, q_d, torch.rand(p_d.shape, generator=rng, device=p.device))
-    redraw = _residual_draw(p_mid, q_mid, rng)
+    if p.shape[-2] == 1:
+        redraw = _residual_draw(p_mid, q_mid, rng)
+    else:  # the joint residual only where a draft is not kept: a kept one has a tiny TV and costs rounds
+        redraw, fresh = d_mid.clone(), ~keep
+        if bool(fresh.any()):
+            redraw[fresh] = _residual_draw(p_mid[fresh], q_mid[fresh], rng)
     last = draw_rows(p[:, -1:], rng)
     return torch.cat([torch.where(keep[..., None], d_mid, redraw), last], dim=1)
 
