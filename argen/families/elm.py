@@ -95,6 +95,11 @@ def derive_config(tok: BinaryAutoEncoder, *, resolution: int, num_classes: int, 
                 ffn_dropout_p=dropout)
 
 
+# the config fields a run takes from the BAE, the data and the flags (both ELM families' derive_config)
+DERIVED = frozenset({"token_each", "code_dim", "block_size", "num_classes", "class_dropout_prob", "token_dropout_p",
+                     "resid_dropout_p", "ffn_dropout_p"})
+
+
 def bit_codes(model: Any, tokenizer: BinaryAutoEncoder, images: torch.Tensor, sample: bool) -> torch.Tensor:
     """The LM's targets (B, h * w, token_each): Bernoulli-drawn bits (the official training data) or,
     ``sample`` False, the bits thresholded at 0.5."""
@@ -116,8 +121,7 @@ FAMILY = Family(
     convert=convert,
     train_presets=TRAIN_PRESETS,
     size_args=(("dim",), ("n_layer",), ("n_head",)),
-    derived=frozenset({"token_each", "code_dim", "block_size", "num_classes", "class_dropout_prob",
-                       "token_dropout_p", "resid_dropout_p", "ffn_dropout_p"}),
+    derived=DERIVED,
     derive_config=derive_config,
     train_targets=bit_codes,
     sample_defaults=elm_defaults,

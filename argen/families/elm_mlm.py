@@ -21,7 +21,7 @@ from argen.convert.checkpoint import read_state_dict, select_weights, source_nam
 from argen.convert.elm import load_bae
 from argen.convert.elm_mlm import load_elm_mlm
 from argen.errors import CheckpointError, ConfigError
-from argen.families.elm import PAIR_ARGS, bit_codes, derive_config, paired_with_bae, random_bae
+from argen.families.elm import DERIVED, PAIR_ARGS, bit_codes, derive_config, paired_with_bae, random_bae
 from argen.families.registry import Family, arg, model_loss, official_values
 from argen.generators.elm_mlm import PRESETS, ElmMLM, ElmMLMConfig
 from argen.samplers.logits import CFG_SCHEDULES
@@ -169,8 +169,7 @@ FAMILY = Family(
     convert=convert,
     train_presets=TRAIN_PRESETS,
     size_args=(("dim",), ("n_layer",), ("n_head",)),
-    derived=frozenset({"token_each", "code_dim", "block_size", "num_classes", "class_dropout_prob",
-                       "token_dropout_p", "resid_dropout_p", "ffn_dropout_p"}),
+    derived=DERIVED,
     derive_config=derive_config,  # the AR family's: the BAE's split, the square grid, classes and dropouts
     train_targets=bit_codes,
     train_loss=model_loss,

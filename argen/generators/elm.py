@@ -117,7 +117,7 @@ class ELM(LlamaGen):
         if tokens.dim() != 3 or tokens.shape[-1] != c.token_each or tokens.is_floating_point():
             raise ConfigError(f"ELM tokens are integer sub-token ids (B, N, {c.token_each}), got "
                               f"{tuple(tokens.shape)} {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
+        if bool(((tokens < 0) | (tokens >= c.vocab_size)).any()):  # one device sync per training step
             raise ConfigError(f"sub-token ids must lie in [0, {c.vocab_size}) (code_dim {c.code_dim}), got "
                               f"[{int(tokens.min())}, {int(tokens.max())}]")
         return tokens
